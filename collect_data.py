@@ -1,0 +1,199 @@
+"""Make the offline datasets: medium and expert trajectories for every task of one env family.
+
+    python collect_data.py --env halfcheetahvel
+
+1. Behaviour policy: loaded from behaviour/<env>.pt (kept in git); trained only when that file is
+   missing or with --retrain (goal-relabelled SAC for locomotion, see common/behaviour.py;
+   metaworld's scripted policies need no training). The file also holds the per-task random and
+   expert returns and the calibrated medium eps, so a fresh machine only does rollouts.
+2. Rollouts: --num-trajs trajectories per task and quality, one file per (task, quality), written
+   atomically; files already complete are skipped, so an interrupted run resumes where it stopped.
+3. Summary: per quality, mean return (and success), random return, normalised score, and TQ/SACo on
+   the test tasks' first 50 trajectories (the paper's Table 2), printed and saved to
+   <data-dir>/<env>/summary.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+
+from common.behaviour import MEDIUM_BAND, Actor, Policy, calibrate_medium, goal_features, rollout, train_sac
+from common.data import QUALITIES, dataset_path, load_trajectories, save_trajectories, tq_saco
+from common.envs import spec
+
+DEFAULT_STEPS = {"halfcheetahvel": 600_000, "halfcheetahdir": 600_000, "antdir": 1_000_000, "metaworld": 0}
+CALIB_EPISODES = {"metaworld": 5}  # metaworld episodes are 2.5x longer and the scripted policy is slow
+SEED_BASE = {"expert": 0, "medium": 5_000_000}  # reset seeds of (quality, task, i): base + 10_000 task + i
+
+
+@dataclass
+class Args:
+    env: Literal["halfcheetahvel", "halfcheetahdir", "antdir", "metaworld"] = "halfcheetahvel"
+    """env family to collect"""
+    data_dir: str = "data"
+    """where the datasets go: <data-dir>/<env>/<quality>/task_NN.npz"""
+    num_trajs: int = 100
+    """trajectories per task and quality"""
+    total_timesteps: int = -1
+    """behaviour-policy training budget in env steps (-1: the env's default; only used when training)"""
+    retrain: bool = False
+    """train (and calibrate) the behaviour policy again even if behaviour/<env>.pt exists"""
+    behaviour_dir: str = "behaviour"
+    """where behaviour policies are read from and saved to"""
+    tasks: tuple[int, ...] = ()
+    """task indices to collect (default: all 50; e.g. --tasks 45 46 for two metaworld test classes)"""
+    calib_episodes: int = -1
+    """episodes per task for the random/expert returns and each medium bisection step (-1: default)"""
+    calib_iters: int = 7
+    """bisection steps of the medium eps calibration"""
+    num_envs: int = 100
+    """envs stepped together during rollouts"""
+    seed: int = 0
+    """seed of the behaviour-policy training"""
+    threads: int = 0
+    """torch threads (0: torch's default)"""
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def behaviour_policy(args: Args) -> tuple[Policy, dict]:
+    """Load (or train) the family's behaviour policy and make sure the tasks of this run are
+    calibrated: per-task random and expert returns (the normaliser) and medium eps. Calibration is
+    stored per task (NaN = not yet), so a subset run calibrates only what it needs."""
+    s = spec(args.env)
+    path = os.path.join(args.behaviour_dir, f"{args.env}.pt")
+    goal_dim = goal_features(args.env, [0.0]).shape[1] if args.env != "metaworld" else 0
+    if os.path.exists(path) and not args.retrain:
+        beh = torch.load(path, weights_only=False)
+        print(f"behaviour policy: {path} ({beh['train_config']['algo']}, {beh['train_config']['total_steps']} env steps)")
+    else:
+        steps = DEFAULT_STEPS[args.env] if args.total_timesteps < 0 else args.total_timesteps
+        t0, actor, history = time.time(), None, []
+        if args.env != "metaworld":
+            print(f"training the behaviour policy: goal-relabelled SAC, {steps} env steps")
+            actor, history = train_sac(args.env, steps, seed=args.seed, eval_every=max(steps // 12, 1))
+        nan = np.full(s.num_tasks, np.nan)
+        beh = {"env": args.env, "actor": None if actor is None else actor.state_dict(), "history": history,
+               "train_config": {"total_steps": steps, "seed": args.seed,
+                                "algo": "metaworld scripted" if actor is None else "goal-relabelled SAC"},
+               "random_return": nan.copy(), "expert_return": nan.copy(), "medium_eps": nan.copy(),
+               "train_time_s": time.time() - t0, "calib_time_s": 0.0}
+        atomic_torch_save(beh, path)
+    actor = None
+    if beh["actor"] is not None:
+        actor = Actor(s.obs_dim, goal_dim, s.act_dim)
+        actor.load_state_dict(beh["actor"])
+    policy = Policy(args.env, actor)
+    need = np.array([t for t in args.tasks if np.isnan(beh["medium_eps"][t])], dtype=int)
+    if len(need):
+        t0 = time.time()
+        n = args.calib_episodes if args.calib_episodes > 0 else CALIB_EPISODES.get(args.env, 10)
+        print(f"calibrating {len(need)} tasks x {n} episodes: random and expert returns, then medium eps")
+        tasks, seeds = np.repeat(need, n), 2_000_000 + np.arange(len(need) * n)
+        beh["random_return"][need] = rollout(policy, tasks, seeds, 1.0, args.num_envs)[0].reshape(-1, n).mean(1)
+        beh["expert_return"][need] = rollout(policy, tasks, seeds, 0.0, args.num_envs)[0].reshape(-1, n).mean(1)
+        beh["medium_eps"][need] = calibrate_medium(policy, need, beh["random_return"][need], beh["expert_return"][need],
+                                                   episodes=n, iters=args.calib_iters)
+        beh["calib_time_s"] += time.time() - t0
+        atomic_torch_save(beh, path)
+        print(f"saved {path} (calibration {(time.time() - t0) / 60:.1f} min)")
+    return policy, beh
+
+
+def collect(args: Args, policy: Policy, beh: dict) -> None:
+    s = spec(args.env)
+    todo = []
+    for q in QUALITIES:
+        for task in args.tasks:
+            try:
+                if len(load_trajectories(args.env, task, q, args.data_dir)) == args.num_trajs:
+                    continue
+            except (FileNotFoundError, RuntimeError):
+                pass
+            todo.append((q, task))
+    print(f"{2 * len(args.tasks) - len(todo)} of {2 * len(args.tasks)} dataset files complete; collecting {len(todo)}")
+    t0, steps = time.time(), 0
+    for k, (q, task) in enumerate(todo):
+        eps = 0.0 if q == "expert" else float(beh["medium_eps"][task])
+        seeds = SEED_BASE[q] + 10_000 * task + np.arange(args.num_trajs)
+        rets, succ, trajs = rollout(policy, np.full(args.num_trajs, task), seeds, eps, args.num_envs, record=True,
+                                    rng_seed=SEED_BASE[q] + task)
+        save_trajectories(dataset_path(args.data_dir, args.env, q, task), trajs, env=args.env, task=task,
+                          param=str(s.params[task]), quality=q, eps=eps, seeds=seeds,
+                          episode_returns=rets, episode_success=succ)
+        steps += sum(len(t["rewards"]) for t in trajs)
+        el = time.time() - t0
+        print(f"[{k + 1}/{len(todo)}] {q} task {task:2d}: return {rets.mean():9.1f}" +
+              (f", success {succ.mean():.2f}" if args.env == "metaworld" else "") +
+              f" | {steps / el:.0f} env steps/s, ETA {(len(todo) - k - 1) * el / (k + 1) / 60:.1f} min", flush=True)
+
+
+def summarise(args: Args, beh: dict) -> dict:
+    s = spec(args.env)
+    n_ft = min(50, args.num_trajs)  # the paper's finetuning set: first 50 trajectories of a test task
+    tasks = list(args.tasks)
+    test = [t for t in s.test_tasks if t in tasks] or tasks  # report on the test tasks (all of them by default)
+    data = {q: {t: load_trajectories(args.env, t, q, args.data_dir) for t in tasks} for q in QUALITIES}
+    summary = {"env": args.env, "num_trajs": args.num_trajs, "medium_band": MEDIUM_BAND, "qualities": {}}
+    # expert return per task = mean over its full expert dataset; random = behaviour calibration
+    exp = {t: np.mean([tr["rewards"].sum() for tr in data["expert"][t]]) for t in tasks}
+    for q in QUALITIES:
+        rets = {t: np.mean([tr["rewards"].sum() for tr in data[q][t]]) for t in tasks}
+        norm = {t: (rets[t] - beh["random_return"][t]) / (exp[t] - beh["random_return"][t]) for t in tasks}
+        tqs = [tq_saco(data[q][t][:n_ft], data["expert"][t] + data["medium"][t], beh["random_return"][t], exp[t])
+               for t in test]
+        row = {"test_tasks": test, "test_return": float(np.mean([rets[t] for t in test])),
+               "test_return_per_task": [round(float(rets[t]), 2) for t in test],
+               "all_tasks_return": float(np.mean(list(rets.values()))),
+               "random_test_return": float(np.mean(beh["random_return"][test])),
+               "normalised_score_test": float(np.mean([norm[t] for t in test])),
+               "normalised_score_min": float(min(norm.values())), "normalised_score_max": float(max(norm.values())),
+               "TQ": float(np.mean([x[0] for x in tqs])),
+               "SACo": float(np.mean([x[1] for x in tqs]))}
+        if args.env == "metaworld":
+            succ = {t: float(np.load(dataset_path(args.data_dir, args.env, q, t))["episode_success"].mean())
+                    for t in tasks}
+            row["test_success"] = float(np.mean([succ[t] for t in test]))
+            row["test_success_per_task"] = [succ[t] for t in test]
+            row["all_tasks_success"] = float(np.mean(list(succ.values())))
+        summary["qualities"][q] = row
+    print(f"\nsummary for {args.env} ({len(tasks)} tasks; test tasks {test}; TQ/SACo on their first {n_ft} trajectories)")
+    print("| quality | test return | random | normalised (test mean / min..max all tasks) | TQ | SACo |"
+          + (" success |" if args.env == "metaworld" else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if args.env == "metaworld" else ""))
+    for q, r in summary["qualities"].items():
+        print(f"| {q} | {r['test_return']:.1f} | {r['random_test_return']:.1f} | {r['normalised_score_test']:.2f} / "
+              f"{r['normalised_score_min']:.2f}..{r['normalised_score_max']:.2f} | {r['TQ']:.2f} | {r['SACo']:.2f} |"
+              + (f" {r['test_success']:.2f} |" if args.env == "metaworld" else ""))
+    path = os.path.join(args.data_dir, args.env, "summary.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"saved {path}")
+    return summary
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    n_tasks = spec(args.env).num_tasks
+    if any(not 0 <= t < n_tasks for t in args.tasks):
+        raise SystemExit(f"error: --tasks must be in 0..{n_tasks - 1} for {args.env}")
+    args.tasks = args.tasks or tuple(range(n_tasks))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    start = time.time()
+    policy, beh = behaviour_policy(args)
+    collect(args, policy, beh)
+    summarise(args, beh)
+    print(f"total wall time {(time.time() - start) / 60:.1f} min")

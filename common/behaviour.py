@@ -1,0 +1,235 @@
+"""Behaviour policies that generate the offline datasets (used by collect_data.py only).
+
+Locomotion (halfcheetahvel, halfcheetahdir, antdir): one goal-conditioned SAC agent per family
+instead of the paper's SAC agent per task. The task parameter is appended to the *policy's* input
+(never to the stored observations), and since every reward in common/envs.py is a known function of
+goal-free features (vx, vy, healthy + contact), each replayed transition is relabelled with a fresh
+goal drawn from the task distribution: one stream of experience trains every task at once. Envs are
+stepped in a batch (VecEnv) and the learner does a few large-batch updates per batch of transitions.
+
+MetaWorld: metaworld's scripted policies, fed the goal-visible observation.
+
+Medium regime (all families): the expert acting, at every step with probability eps, uniformly at
+random; eps is calibrated per task by bisection so that the normalised score
+(R - R_random) / (R_expert - R_random) lands in [1/3, 1/2] (PROTOCOL.md).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.envs import VecEnv, locomotion_reward, sample_params, spec
+
+MEDIUM_BAND = (1 / 3, 1 / 2)
+
+
+def goal_features(env_name: str, param) -> np.ndarray:
+    """What the behaviour policy is told about its task (shape (N, G))."""
+    p = np.asarray(param, dtype=np.float64).reshape(-1)
+    if env_name == "halfcheetahvel":
+        return (p / 3.0)[:, None]
+    if env_name == "halfcheetahdir":
+        return p[:, None]
+    return np.stack([np.cos(p), np.sin(p)], 1)
+
+
+def mlp(inp: int, out: int, hidden: int = 256) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+
+class Actor(nn.Module):
+    """tanh-Gaussian policy pi(a | s, g)."""
+
+    def __init__(self, obs_dim: int, goal_dim: int, act_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim + goal_dim, 2 * act_dim)
+
+    def forward(self, x: torch.Tensor, deterministic: bool = False):
+        mu, log_std = self.net(x).chunk(2, -1)
+        if deterministic:
+            return torch.tanh(mu), None
+        std = log_std.clamp(-5, 2).exp()
+        u = mu + std * torch.randn_like(mu)
+        a = torch.tanh(u)
+        # log-density of the squashed sample (change of variables through tanh)
+        logp = (-0.5 * ((u - mu) / std) ** 2 - std.log() - 0.5 * np.log(2 * np.pi)).sum(-1)
+        logp = logp - (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return a, logp
+
+
+class Policy:
+    """A behaviour policy for one family: expert actions, optionally eps-mixed with random ones."""
+
+    def __init__(self, env_name: str, actor: Actor | None = None):
+        self.env_name, self.actor = env_name, actor
+        if env_name == "metaworld":
+            from metaworld.policies import ENV_POLICY_MAP
+
+            self.scripted = [ENV_POLICY_MAP[name]() for name in spec(env_name).params]
+
+    def act(self, venv: VecEnv, tasks, params, eps, rng: np.random.Generator) -> np.ndarray:
+        if self.env_name == "metaworld":
+            a = np.stack([self.scripted[t].get_action(o) for t, o in zip(tasks, venv.policy_obs)])
+        else:
+            x = np.concatenate([venv.obs, goal_features(self.env_name, params)], 1)
+            with torch.no_grad():
+                a = self.actor(torch.as_tensor(x, dtype=torch.float32), deterministic=True)[0].numpy()
+        a = np.clip(a, -1.0, 1.0)
+        rand = rng.random(len(a)) < eps
+        a[rand] = rng.uniform(-1.0, 1.0, (int(rand.sum()), a.shape[1]))
+        return a
+
+
+_VENVS: dict = {}
+
+
+def rollout(policy: Policy, tasks, seeds, eps, num_envs: int = 100, record: bool = False, rng_seed: int = 0):
+    """Run one episode per (task, seed, eps) triple, num_envs at a time. Returns per-episode returns,
+    success (max over the episode) and, with record=True, the trajectories as dicts of arrays."""
+    s = spec(policy.env_name)
+    tasks, seeds, eps = np.asarray(tasks), np.asarray(seeds), np.broadcast_to(eps, len(tasks)).astype(float)
+    rng = np.random.default_rng(rng_seed)
+    returns, successes, trajs = np.zeros(len(tasks)), np.zeros(len(tasks)), []
+    for lo in range(0, len(tasks), num_envs):
+        idx = np.arange(lo, min(lo + num_envs, len(tasks)))
+        key = (policy.env_name, len(idx))
+        venv = _VENVS[key] = _VENVS.get(key) or VecEnv(*key)  # reused: metaworld envs are slow to build
+        venv.reset(tasks[idx], seeds[idx])
+        params = np.array([s.params[t] for t in tasks[idx]]) if policy.env_name != "metaworld" else None
+        keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+        buf = {k: [] for k in keys + ("alive",)}
+        while not venv.done.all():
+            alive = ~venv.done
+            obs = venv.obs.copy()
+            a = policy.act(venv, tasks[idx], params, eps[idx], rng)
+            next_obs, r, term, trunc, succ = venv.step(a)
+            returns[idx] += r
+            successes[idx] = np.maximum(successes[idx], succ)
+            if record:
+                for k, v in zip(buf, (obs, a, r, term, trunc, next_obs, alive)):
+                    buf[k].append(v)
+        if record:
+            stacked = {k: np.stack(v, 1) for k, v in buf.items()}  # (envs, T, ...)
+            for j in range(len(idx)):
+                n = int(stacked["alive"][j].sum())
+                trajs.append({k: stacked[k][j, :n] for k in keys})
+    return returns, successes, trajs
+
+
+def calibrate_medium(policy: Policy, tasks, random_ret, expert_ret, episodes: int = 10, iters: int = 7, seed0: int = 10**6):
+    """Per-task eps by bisection so that the normalised score lands in MEDIUM_BAND (all tasks at once)."""
+    lo, hi = np.zeros(len(tasks)), np.ones(len(tasks))
+    target = sum(MEDIUM_BAND) / 2
+    eps = (lo + hi) / 2
+    for it in range(iters):
+        eps = (lo + hi) / 2
+        rets, _, _ = rollout(policy, np.repeat(tasks, episodes), seed0 + np.arange(len(tasks) * episodes), np.repeat(eps, episodes))
+        score = (rets.reshape(len(tasks), episodes).mean(1) - random_ret) / (expert_ret - random_ret)
+        too_good = score > target
+        lo, hi = np.where(too_good, eps, lo), np.where(too_good, hi, eps)
+        print(f"  calibrate medium: iter {it + 1}/{iters}, normalised score mean {score.mean():.3f} "
+              f"(min {score.min():.3f}, max {score.max():.3f}), eps mean {eps.mean():.3f}", flush=True)
+    return eps
+
+
+def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 16, batch_size: int = 512,
+              updates_per_iter: int = 2, relabel_prob: float = 0.5, eval_every: int = 50_000, log=print):
+    """Goal-relabelled SAC over num_envs parallel envs; returns the trained actor and a log."""
+    s = spec(env_name)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    goal_dim = goal_features(env_name, [0.0]).shape[1]
+    actor = Actor(s.obs_dim, goal_dim, s.act_dim)
+    q1, q2 = mlp(s.obs_dim + goal_dim + s.act_dim, 1), mlp(s.obs_dim + goal_dim + s.act_dim, 1)
+    q1_t, q2_t = copy.deepcopy(q1), copy.deepcopy(q2)
+    log_alpha = torch.zeros((), requires_grad=True)
+    pi_opt = torch.optim.Adam(actor.parameters(), lr=3e-4)
+    q_opt = torch.optim.Adam(list(q1.parameters()) + list(q2.parameters()), lr=3e-4)
+    a_opt = torch.optim.Adam([log_alpha], lr=3e-4)
+    gamma, tau, target_entropy = 0.99, 0.005, -float(s.act_dim)
+
+    cap = total_steps + num_envs
+    B = {"obs": np.zeros((cap, s.obs_dim), np.float32), "next_obs": np.zeros((cap, s.obs_dim), np.float32),
+         "act": np.zeros((cap, s.act_dim), np.float32), "feats": np.zeros((cap, 3), np.float32),
+         "term": np.zeros(cap, np.float32), "param": np.zeros(cap, np.float32)}
+    size = 0
+    venv = VecEnv(env_name, num_envs)
+    params = sample_params(env_name, rng, num_envs)
+    for i in range(num_envs):
+        venv.reset_one(i, int(rng.integers(2**31)), param=params[i])
+    warmup, history, t0, ep_ret, done_rets = 5_000, [], time.time(), np.zeros(num_envs), []
+    next_eval = eval_every
+    while size < total_steps:
+        obs = venv.obs.copy()
+        if size < warmup:
+            act = rng.uniform(-1, 1, (num_envs, s.act_dim))
+        else:
+            with torch.no_grad():
+                x = torch.as_tensor(np.concatenate([obs, goal_features(env_name, params)], 1), dtype=torch.float32)
+                act = actor(x)[0].numpy()
+        next_obs, rew, term, trunc, _ = venv.step(act)
+        sl = slice(size, size + num_envs)
+        B["obs"][sl], B["next_obs"][sl], B["act"][sl] = obs, next_obs, act
+        B["feats"][sl], B["term"][sl], B["param"][sl] = venv.feats, term, params
+        size += num_envs
+        ep_ret += rew
+        for i in np.flatnonzero(term | trunc):
+            done_rets.append(ep_ret[i])
+            ep_ret[i] = 0.0
+            params[i] = sample_params(env_name, rng, 1)[0]
+            venv.reset_one(i, int(rng.integers(2**31)), param=params[i])
+        if size < warmup:
+            continue
+        for _ in range(updates_per_iter):
+            j = rng.integers(0, size, batch_size)
+            p = B["param"][j].astype(np.float64)
+            relabel = rng.random(batch_size) < relabel_prob
+            p[relabel] = sample_params(env_name, rng, int(relabel.sum()))
+            r = locomotion_reward(env_name, p, B["feats"][j].astype(np.float64), B["act"][j].astype(np.float64))
+            g = torch.as_tensor(goal_features(env_name, p), dtype=torch.float32)
+            o, o2 = torch.as_tensor(B["obs"][j]), torch.as_tensor(B["next_obs"][j])
+            a, r = torch.as_tensor(B["act"][j]), torch.as_tensor(r, dtype=torch.float32)
+            nd = 1.0 - torch.as_tensor(B["term"][j])  # time-limit truncation still bootstraps
+            x, x2 = torch.cat([o, g], 1), torch.cat([o2, g], 1)
+            alpha = log_alpha.exp().detach()
+            with torch.no_grad():
+                a2, logp2 = actor(x2)
+                xa2 = torch.cat([x2, a2], 1)
+                y = r + gamma * nd * (torch.min(q1_t(xa2), q2_t(xa2)).squeeze(-1) - alpha * logp2)
+            xa = torch.cat([x, a], 1)
+            q_loss = F.mse_loss(q1(xa).squeeze(-1), y) + F.mse_loss(q2(xa).squeeze(-1), y)
+            q_opt.zero_grad()
+            q_loss.backward()
+            q_opt.step()
+            a_pi, logp = actor(x)
+            xpi = torch.cat([x, a_pi], 1)
+            pi_loss = (alpha * logp - torch.min(q1(xpi), q2(xpi)).squeeze(-1)).mean()
+            pi_opt.zero_grad()
+            pi_loss.backward()
+            pi_opt.step()
+            alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+            a_opt.zero_grad()
+            alpha_loss.backward()
+            a_opt.step()
+            with torch.no_grad():
+                for net, tgt in ((q1, q1_t), (q2, q2_t)):
+                    for w, wt in zip(net.parameters(), tgt.parameters()):
+                        wt.lerp_(w, tau)
+        if size >= next_eval or size >= total_steps:
+            next_eval += eval_every
+            pol = Policy(env_name, actor)
+            tasks = np.repeat(np.array(s.test_tasks), 2)
+            rets, _, _ = rollout(pol, tasks, np.arange(len(tasks)), 0.0)
+            el = time.time() - t0
+            row = {"env_steps": size, "time_s": round(el, 1), "test_return": float(rets.mean()),
+                   "train_episode_return": float(np.mean(done_rets[-50:])), "alpha": float(alpha)}
+            history.append(row)
+            log(f"  sac {env_name}: {size}/{total_steps} env steps, {size / el:.0f} steps/s, ETA "
+                f"{(total_steps - size) * el / size / 60:.1f} min, test-task return {rets.mean():.1f} "
+                f"(per task {np.round(rets.reshape(-1, 2).mean(1), 1).tolist()}), alpha {float(alpha):.3f}")
+    return actor, history

@@ -1,0 +1,170 @@
+"""Offline datasets: layout, loading, and the transforms every algorithm needs.
+
+Layout (made by collect_data.py, never in git): one compressed file per (env, quality, task),
+
+    <data_dir>/<env>/<quality>/task_<NN>.npz
+
+holding the trajectories concatenated in order with D4RL/Minari field names: observations,
+next_observations, actions, rewards, terminals (true environment termination), timeouts (horizon
+reached); a trajectory ends at the first row where terminals or timeouts is set. Per-trajectory
+metadata: episode_returns, episode_success, seeds; and env, task, param, quality, eps.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from common.envs import spec
+
+QUALITIES = ("medium", "expert")
+FIELDS = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")
+
+
+def collect_command(env: str, data_dir: str) -> str:
+    extra = "" if os.path.normpath(data_dir) == "data" else f" --data-dir {data_dir}"
+    return f"python collect_data.py --env {env}{extra}"
+
+
+def dataset_path(data_dir: str, env: str, quality: str, task: int) -> str:
+    return os.path.join(data_dir, env, quality, f"task_{task:02d}.npz")
+
+
+def save_trajectories(path: str, trajs: list[dict], **meta) -> None:
+    """Write atomically: a killed run leaves either the old file or none, never half a file."""
+    flat = {k: np.concatenate([t[k] for t in trajs]) for k in FIELDS}
+    flat["terminals"], flat["timeouts"] = flat["terminals"].astype(bool), flat["timeouts"].astype(bool)
+    for k in ("observations", "next_observations", "actions", "rewards"):
+        flat[k] = flat[k].astype(np.float32)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **flat, **{k: np.asarray(v) for k, v in meta.items()})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def split_trajectories(flat: dict) -> list[dict]:
+    ends = np.flatnonzero(flat["terminals"] | flat["timeouts"]) + 1
+    starts = np.concatenate([[0], ends[:-1]])
+    return [{k: flat[k][a:b] for k in FIELDS} for a, b in zip(starts, ends)]
+
+
+def load_trajectories(env: str, task: int, quality: str = "expert", data_dir: str = "data",
+                      num_trajs: int | None = None) -> list[dict]:
+    """The first num_trajs (default: all) trajectories of (env, task, quality), as dicts of arrays.
+
+    Raises a one-line error naming the command that makes the data when it is missing or corrupt,
+    and when num_trajs exceeds what the file holds.
+    """
+    s = spec(env)
+    if quality not in QUALITIES:
+        raise ValueError(f"unknown quality {quality!r}; choose one of {', '.join(QUALITIES)}")
+    if not 0 <= task < s.num_tasks:
+        raise ValueError(f"{env} has tasks 0..{s.num_tasks - 1}, got {task}")
+    path = dataset_path(data_dir, env, quality, task)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset {path} is missing; make it with: {collect_command(env, data_dir)}")
+    try:
+        with np.load(path) as z:
+            flat = {k: z[k] for k in FIELDS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise RuntimeError(f"dataset {path} is corrupt ({type(e).__name__}); delete it and rerun: "
+                           f"{collect_command(env, data_dir)}") from None
+    trajs = split_trajectories(flat)
+    if num_trajs is not None:
+        if num_trajs > len(trajs):
+            raise ValueError(f"--num-trajs {num_trajs} exceeds the {len(trajs)} trajectories in {path}; "
+                             f"use at most {len(trajs)} or recollect with --num-trajs {num_trajs}")
+        trajs = trajs[:num_trajs]
+    return trajs
+
+
+def returns_to_go(rewards: np.ndarray, gamma: float = 1.0) -> np.ndarray:
+    """rtg[t] = sum_{t' >= t} gamma^(t'-t) r[t'] (undiscounted by default, as in Decision Transformer)."""
+    rtg = np.zeros(len(rewards), dtype=np.float64)
+    acc = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        acc = rewards[t] + gamma * acc
+        rtg[t] = acc
+    return rtg
+
+
+def sparsify(traj: dict) -> dict:
+    """Sparse-reward setting (paper section 6): all of a trajectory's reward moved to its last step."""
+    out = dict(traj)
+    r = np.zeros_like(traj["rewards"])
+    r[-1] = traj["rewards"].sum()
+    out["rewards"] = r
+    return out
+
+
+def state_stats(trajs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    obs = np.concatenate([t["observations"] for t in trajs])
+    return obs.mean(0), obs.std(0) + 1e-6
+
+
+def _segment(traj: dict, start: int, length: int, rtg: np.ndarray | None = None):
+    """Steps [start, start+length) of traj, left-padded with zeros to `length` (mask 0 on padding)."""
+    rtg = returns_to_go(traj["rewards"]) if rtg is None else rtg
+    end = min(start + length, len(traj["rewards"]))
+    n, pad = end - start, length - (end - start)
+    obs_dim, act_dim = traj["observations"].shape[1], traj["actions"].shape[1]
+    s = np.concatenate([np.zeros((pad, obs_dim)), traj["observations"][start:end]])
+    a = np.concatenate([np.zeros((pad, act_dim)), traj["actions"][start:end]])
+    r = np.concatenate([np.zeros(pad), traj["rewards"][start:end]])
+    g = np.concatenate([np.zeros(pad), rtg[start:end]])
+    ts = np.concatenate([np.zeros(pad, dtype=np.int64), np.arange(start, end)])
+    mask = np.concatenate([np.zeros(pad), np.ones(n)])
+    return {"states": s, "actions": a, "rewards": r, "rtg": g, "timesteps": ts, "mask": mask}
+
+
+def sample_windows(trajs: list[dict], K: int, batch_size: int, rng: np.random.Generator) -> dict:
+    """batch_size random K-step windows (trajectory chosen in proportion to its length, as in DT).
+    Returns a dict of arrays with a leading batch axis; windows near the start are left-padded."""
+    lengths = np.array([len(t["rewards"]) for t in trajs])
+    rtgs = [returns_to_go(t["rewards"]) for t in trajs]
+    ti = rng.choice(len(trajs), batch_size, p=lengths / lengths.sum())
+    out = []
+    for i in ti:
+        end = int(rng.integers(1, lengths[i] + 1))  # window ends at step end-1
+        seg = _segment(trajs[i], max(0, end - K), K, rtgs[i])
+        out.append(seg)
+    return {k: np.stack([o[k] for o in out]) for k in out[0]}
+
+
+def trajectory_prompt(traj: dict, length: int = 5, start: int | None = None,
+                      rng: np.random.Generator | None = None) -> dict:
+    """A K*-step trajectory prompt (Prompt-DT): a segment of a trajectory of the same task, from
+    `start`, or a random start when rng is given, or the first steps otherwise."""
+    T = len(traj["rewards"])
+    if start is None:
+        start = int(rng.integers(0, max(1, T - length + 1))) if rng is not None else 0
+    return _segment(traj, start, length)
+
+
+def tq_saco(trajs: list[dict], reference: list[dict], random_return: float, expert_return: float,
+            bins: float = 0.5, dims: int = 8) -> tuple[float, float]:
+    """Dataset metrics of Schweighofer et al. (2022), as in the paper's Table 2.
+
+    TQ (trajectory quality) = (mean return - random return) / (expert return - random return).
+    SACo (state-action coverage) = unique (s, a) cells in the dataset / unique cells in the reference
+    buffer. Continuous (s, a) are standardised with the reference buffer's statistics, projected to
+    `dims` dimensions by a fixed random Gaussian matrix, and binned on a grid of `bins` std.
+    """
+    ret = np.mean([t["rewards"].sum() for t in trajs])
+    tq = (ret - random_return) / (expert_return - random_return)
+
+    def sa(ts):
+        return np.concatenate([np.concatenate([t["observations"], t["actions"]], 1) for t in ts])
+
+    ref = sa(reference)
+    mu, sd = ref.mean(0), ref.std(0) + 1e-6
+    proj = np.random.default_rng(0).standard_normal((ref.shape[1], dims)) / np.sqrt(ref.shape[1])
+
+    def cells(x):
+        return len(np.unique(np.floor(((x - mu) / sd) @ proj / bins).astype(np.int64), axis=0))
+
+    return float(tq), float(cells(sa(trajs)) / cells(ref))
