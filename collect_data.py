@@ -53,8 +53,9 @@ class Args:
     """episodes per task for the random/expert returns and each medium bisection step (-1: default)"""
     calib_iters: int = 7
     """bisection steps of the medium eps calibration"""
-    num_envs: int = 100
-    """envs stepped together during rollouts"""
+    num_envs: int = -1
+    """envs stepped together in rollouts (-1: 100 for locomotion; 10 for metaworld, whose envs each load
+    a MuJoCo model per class and whose scripted policies gain nothing from batching)"""
     seed: int = 0
     """seed of the behaviour-policy training"""
     threads: int = 0
@@ -82,7 +83,7 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
         t0, actor, history = time.time(), None, []
         if args.env != "metaworld":
             print(f"training the behaviour policy: goal-relabelled SAC, {steps} env steps")
-            actor, history = train_sac(args.env, steps, seed=args.seed, eval_every=max(steps // 12, 1))
+            actor, history = train_sac(args.env, steps, seed=args.seed, eval_every=max(steps // 12, 10_000))
         nan = np.full(s.num_tasks, np.nan)
         beh = {"env": args.env, "actor": None if actor is None else actor.state_dict(), "history": history,
                "train_config": {"total_steps": steps, "seed": args.seed,
@@ -190,6 +191,8 @@ if __name__ == "__main__":
     if any(not 0 <= t < n_tasks for t in args.tasks):
         raise SystemExit(f"error: --tasks must be in 0..{n_tasks - 1} for {args.env}")
     args.tasks = args.tasks or tuple(range(n_tasks))
+    if args.num_envs < 1:
+        args.num_envs = 10 if args.env == "metaworld" else 100
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     start = time.time()

@@ -132,7 +132,7 @@ class TaskEnv(gym.Env):
         elif name == "antdir":
             self.base = gym.make("Ant-v5", include_cfrc_ext_in_observation=False).unwrapped
         else:
-            self.base = self._mw_env(task)
+            self.base = None  # built at reset: a metaworld model takes ~0.25 s to load
 
     def _mw_env(self, task: int):
         if task not in self._envs:
