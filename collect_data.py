@@ -14,8 +14,11 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -24,11 +27,12 @@ import numpy as np
 import torch
 import tyro
 
-from common.behaviour import MEDIUM_BAND, Actor, Policy, calibrate_medium, goal_features, rollout, train_sac
+from common.behaviour import (MEDIUM_BAND, Actor, Policy, calibrate_medium, calibration_seeds, goal_features, rollout,
+                              train_sac)
 from common.data import QUALITIES, dataset_path, load_trajectories, save_trajectories, tq_saco
 from common.envs import spec
 
-DEFAULT_STEPS = {"halfcheetahvel": 600_000, "halfcheetahdir": 600_000, "antdir": 1_000_000, "metaworld": 0}
+DEFAULT_STEPS = {"halfcheetahvel": 1_200_000, "halfcheetahdir": 1_200_000, "antdir": 2_000_000, "metaworld": 0}
 CALIB_EPISODES = {"metaworld": 5}  # metaworld episodes are 2.5x longer and the scripted policy is slow
 SEED_BASE = {"expert": 0, "medium": 5_000_000}  # reset seeds of (quality, task, i): base + 10_000 task + i
 
@@ -60,6 +64,10 @@ class Args:
     """seed of the behaviour-policy training"""
     threads: int = 0
     """torch threads (0: torch's default)"""
+    workers: int = 1
+    """processes to split the tasks over (2 on a 2-core machine: rollouts are single-threaded)"""
+    summary: bool = True
+    """print and save the summary at the end"""
 
 
 def atomic_torch_save(obj, path: str) -> None:
@@ -101,15 +109,36 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
         t0 = time.time()
         n = args.calib_episodes if args.calib_episodes > 0 else CALIB_EPISODES.get(args.env, 10)
         print(f"calibrating {len(need)} tasks x {n} episodes: random and expert returns, then medium eps")
-        tasks, seeds = np.repeat(need, n), 2_000_000 + np.arange(len(need) * n)
+        tasks, seeds = np.repeat(need, n), calibration_seeds(need, n)
         beh["random_return"][need] = rollout(policy, tasks, seeds, 1.0, args.num_envs)[0].reshape(-1, n).mean(1)
         beh["expert_return"][need] = rollout(policy, tasks, seeds, 0.0, args.num_envs)[0].reshape(-1, n).mean(1)
         beh["medium_eps"][need] = calibrate_medium(policy, need, beh["random_return"][need], beh["expert_return"][need],
                                                    episodes=n, iters=args.calib_iters)
-        beh["calib_time_s"] += time.time() - t0
-        atomic_torch_save(beh, path)
+        # merge into the file as it is now: parallel workers calibrate disjoint tasks of the same policy
+        disk = torch.load(path, weights_only=False)
+        for k in ("random_return", "expert_return", "medium_eps"):
+            disk[k][need] = beh[k][need]
+        disk["calib_time_s"] += time.time() - t0
+        atomic_torch_save(disk, path)
+        beh = disk
         print(f"saved {path} (calibration {(time.time() - t0) / 60:.1f} min)")
     return policy, beh
+
+
+def run_workers(args: Args) -> None:
+    """Split the tasks over args.workers copies of this script (one torch thread each) and wait."""
+    procs = []
+    for w in range(args.workers):
+        sub = dataclasses.replace(args, tasks=args.tasks[w::args.workers], workers=1, threads=1, summary=False)
+        argv = []
+        for f in dataclasses.fields(sub):
+            v, flag = getattr(sub, f.name), "--" + f.name.replace("_", "-")
+            argv += ([flag if v else "--no-" + flag[2:]] if isinstance(v, bool) else
+                     [flag, *map(str, v)] if isinstance(v, tuple) else [flag, str(v)])
+        procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv]))
+    failed = [w for w, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"error: worker(s) {failed} failed; rerun the same command to resume")
 
 
 def collect(args: Args, policy: Policy, beh: dict) -> None:
@@ -196,7 +225,13 @@ if __name__ == "__main__":
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     start = time.time()
-    policy, beh = behaviour_policy(args)
-    collect(args, policy, beh)
-    summarise(args, beh)
+    if args.workers > 1:
+        behaviour_policy(dataclasses.replace(args, tasks=()))  # train once (if needed), before splitting
+        run_workers(args)
+        policy, beh = behaviour_policy(args)  # everything is calibrated by now: just loads
+    else:
+        policy, beh = behaviour_policy(args)
+        collect(args, policy, beh)
+    if args.summary:
+        summarise(args, beh)
     print(f"total wall time {(time.time() - start) / 60:.1f} min")

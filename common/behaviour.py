@@ -42,6 +42,28 @@ def mlp(inp: int, out: int, hidden: int = 256) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
 
 
+class TwinQ(nn.Module):
+    """The two Q-networks of SAC as one ensemble evaluated with batched matmuls (fewer, larger
+    kernels: ~20% faster per update on a CPU than two separate MLPs). forward(x) -> (2, B)."""
+
+    def __init__(self, inp: int, hidden: int = 256, n: int = 2):
+        super().__init__()
+        dims = [inp, hidden, hidden, 1]
+        self.w = nn.ParameterList()
+        self.b = nn.ParameterList()
+        for i, o in zip(dims[:-1], dims[1:]):
+            bound = 1 / np.sqrt(i)  # nn.Linear's default init
+            self.w.append(nn.Parameter(torch.empty(n, i, o).uniform_(-bound, bound)))
+            self.b.append(nn.Parameter(torch.empty(n, 1, o).uniform_(-bound, bound)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.expand(self.w[0].shape[0], *x.shape)
+        for k, (w, b) in enumerate(zip(self.w, self.b)):
+            h = torch.baddbmm(b, h, w)
+            h = F.relu(h) if k < len(self.w) - 1 else h
+        return h.squeeze(-1)
+
+
 class Actor(nn.Module):
     """tanh-Gaussian policy pi(a | s, g)."""
 
@@ -72,7 +94,7 @@ class Policy:
 
             self.scripted = [ENV_POLICY_MAP[name]() for name in spec(env_name).params]
 
-    def act(self, venv: VecEnv, tasks, params, eps, rng: np.random.Generator) -> np.ndarray:
+    def act(self, venv: VecEnv, tasks, params, eps, rngs: list[np.random.Generator]) -> np.ndarray:
         if self.env_name == "metaworld":
             a = np.stack([self.scripted[t].get_action(o) for t, o in zip(tasks, venv.policy_obs)])
         else:
@@ -80,8 +102,9 @@ class Policy:
             with torch.no_grad():
                 a = self.actor(torch.as_tensor(x, dtype=torch.float32), deterministic=True)[0].numpy()
         a = np.clip(a, -1.0, 1.0)
-        rand = rng.random(len(a)) < eps
-        a[rand] = rng.uniform(-1.0, 1.0, (int(rand.sum()), a.shape[1]))
+        for i, rng in enumerate(rngs):  # one generator per episode: data do not depend on batching
+            if eps[i] > 0 and rng.random() < eps[i]:
+                a[i] = rng.uniform(-1.0, 1.0, a.shape[1])
         return a
 
 
@@ -90,10 +113,10 @@ _VENVS: dict = {}
 
 def rollout(policy: Policy, tasks, seeds, eps, num_envs: int = 100, record: bool = False, rng_seed: int = 0):
     """Run one episode per (task, seed, eps) triple, num_envs at a time. Returns per-episode returns,
-    success (max over the episode) and, with record=True, the trajectories as dicts of arrays."""
+    success (max over the episode) and, with record=True, the trajectories as dicts of arrays. Each
+    episode is a function of (task, seed, eps, rng_seed) alone, whatever the batch it runs in."""
     s = spec(policy.env_name)
     tasks, seeds, eps = np.asarray(tasks), np.asarray(seeds), np.broadcast_to(eps, len(tasks)).astype(float)
-    rng = np.random.default_rng(rng_seed)
     returns, successes, trajs = np.zeros(len(tasks)), np.zeros(len(tasks)), []
     for lo in range(0, len(tasks), num_envs):
         idx = np.arange(lo, min(lo + num_envs, len(tasks)))
@@ -101,12 +124,13 @@ def rollout(policy: Policy, tasks, seeds, eps, num_envs: int = 100, record: bool
         venv = _VENVS[key] = _VENVS.get(key) or VecEnv(*key)  # reused: metaworld envs are slow to build
         venv.reset(tasks[idx], seeds[idx])
         params = np.array([s.params[t] for t in tasks[idx]]) if policy.env_name != "metaworld" else None
+        rngs = [np.random.default_rng([rng_seed, int(seed)]) for seed in seeds[idx]]
         keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
         buf = {k: [] for k in keys + ("alive",)}
         while not venv.done.all():
             alive = ~venv.done
             obs = venv.obs.copy()
-            a = policy.act(venv, tasks[idx], params, eps[idx], rng)
+            a = policy.act(venv, tasks[idx], params, eps[idx], rngs)
             next_obs, r, term, trunc, succ = venv.step(a)
             returns[idx] += r
             successes[idx] = np.maximum(successes[idx], succ)
@@ -121,14 +145,19 @@ def rollout(policy: Policy, tasks, seeds, eps, num_envs: int = 100, record: bool
     return returns, successes, trajs
 
 
-def calibrate_medium(policy: Policy, tasks, random_ret, expert_ret, episodes: int = 10, iters: int = 7, seed0: int = 10**6):
+def calibration_seeds(tasks, episodes: int) -> np.ndarray:
+    """Reset seeds of the calibration episodes: fixed per (task, episode), disjoint from the data's."""
+    return (3_000_000 + 10_000 * np.repeat(np.asarray(tasks), episodes) + np.tile(np.arange(episodes), len(tasks)))
+
+
+def calibrate_medium(policy: Policy, tasks, random_ret, expert_ret, episodes: int = 10, iters: int = 7):
     """Per-task eps by bisection so that the normalised score lands in MEDIUM_BAND (all tasks at once)."""
     lo, hi = np.zeros(len(tasks)), np.ones(len(tasks))
     target = sum(MEDIUM_BAND) / 2
     eps = (lo + hi) / 2
     for it in range(iters):
         eps = (lo + hi) / 2
-        rets, _, _ = rollout(policy, np.repeat(tasks, episodes), seed0 + np.arange(len(tasks) * episodes), np.repeat(eps, episodes))
+        rets, _, _ = rollout(policy, np.repeat(tasks, episodes), calibration_seeds(tasks, episodes), np.repeat(eps, episodes))
         score = (rets.reshape(len(tasks), episodes).mean(1) - random_ret) / (expert_ret - random_ret)
         too_good = score > target
         lo, hi = np.where(too_good, eps, lo), np.where(too_good, hi, eps)
@@ -137,19 +166,23 @@ def calibrate_medium(policy: Policy, tasks, random_ret, expert_ret, episodes: in
     return eps
 
 
-def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 16, batch_size: int = 512,
-              updates_per_iter: int = 2, relabel_prob: float = 0.5, eval_every: int = 50_000, log=print):
-    """Goal-relabelled SAC over num_envs parallel envs; returns the trained actor and a log."""
+def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32, batch_size: int = 256,
+              updates_per_iter: int = 4, relabel_prob: float = 0.5, eval_every: int = 50_000, log=print):
+    """Goal-relabelled SAC over num_envs parallel envs; returns the trained actor and a log.
+
+    The learner, not the simulator, costs time on a CPU, so the budget goes into gradient steps of a
+    standard size (batch 256) and the cheap physics supplies fresh data: updates_per_iter updates per
+    num_envs env steps (update-to-data ratio 1/8 by default)."""
     s = spec(env_name)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     goal_dim = goal_features(env_name, [0.0]).shape[1]
     actor = Actor(s.obs_dim, goal_dim, s.act_dim)
-    q1, q2 = mlp(s.obs_dim + goal_dim + s.act_dim, 1), mlp(s.obs_dim + goal_dim + s.act_dim, 1)
-    q1_t, q2_t = copy.deepcopy(q1), copy.deepcopy(q2)
+    q = TwinQ(s.obs_dim + goal_dim + s.act_dim)
+    q_t = copy.deepcopy(q)
     log_alpha = torch.zeros((), requires_grad=True)
     pi_opt = torch.optim.Adam(actor.parameters(), lr=3e-4)
-    q_opt = torch.optim.Adam(list(q1.parameters()) + list(q2.parameters()), lr=3e-4)
+    q_opt = torch.optim.Adam(q.parameters(), lr=3e-4)
     a_opt = torch.optim.Adam([log_alpha], lr=3e-4)
     gamma, tau, target_entropy = 0.99, 0.005, -float(s.act_dim)
 
@@ -200,15 +233,14 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 16
             with torch.no_grad():
                 a2, logp2 = actor(x2)
                 xa2 = torch.cat([x2, a2], 1)
-                y = r + gamma * nd * (torch.min(q1_t(xa2), q2_t(xa2)).squeeze(-1) - alpha * logp2)
-            xa = torch.cat([x, a], 1)
-            q_loss = F.mse_loss(q1(xa).squeeze(-1), y) + F.mse_loss(q2(xa).squeeze(-1), y)
+                y = r + gamma * nd * (q_t(xa2).min(0).values - alpha * logp2)
+            q_loss = 2 * F.mse_loss(q(torch.cat([x, a], 1)), y.expand(2, -1))  # sum of the two critics' MSE
             q_opt.zero_grad()
             q_loss.backward()
             q_opt.step()
             a_pi, logp = actor(x)
             xpi = torch.cat([x, a_pi], 1)
-            pi_loss = (alpha * logp - torch.min(q1(xpi), q2(xpi)).squeeze(-1)).mean()
+            pi_loss = (alpha * logp - q(xpi).min(0).values).mean()
             pi_opt.zero_grad()
             pi_loss.backward()
             pi_opt.step()
@@ -217,9 +249,8 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 16
             alpha_loss.backward()
             a_opt.step()
             with torch.no_grad():
-                for net, tgt in ((q1, q1_t), (q2, q2_t)):
-                    for w, wt in zip(net.parameters(), tgt.parameters()):
-                        wt.lerp_(w, tau)
+                for w, wt in zip(q.parameters(), q_t.parameters()):
+                    wt.lerp_(w, tau)
         if size >= next_eval or size >= total_steps:
             next_eval += eval_every
             pol = Policy(env_name, actor)
@@ -227,7 +258,7 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 16
             rets, _, _ = rollout(pol, tasks, np.arange(len(tasks)), 0.0)
             el = time.time() - t0
             row = {"env_steps": size, "time_s": round(el, 1), "test_return": float(rets.mean()),
-                   "train_episode_return": float(np.mean(done_rets[-50:])), "alpha": float(alpha)}
+                   "train_episode_return": float(np.mean(done_rets[-50:])) if done_rets else None, "alpha": float(alpha)}
             history.append(row)
             log(f"  sac {env_name}: {size}/{total_steps} env steps, {size / el:.0f} steps/s, ETA "
                 f"{(total_steps - size) * el / size / 60:.1f} min, test-task return {rets.mean():.1f} "
