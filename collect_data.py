@@ -91,7 +91,8 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
         t0, actor, history = time.time(), None, []
         if args.env != "metaworld":
             print(f"training the behaviour policy: goal-relabelled SAC, {steps} env steps")
-            actor, history = train_sac(args.env, steps, seed=args.seed, eval_every=max(steps // 12, 10_000))
+            ckpt = path.replace(".pt", ".train.pt")  # resumable: a rerun continues an interrupted training
+            actor, history = train_sac(args.env, steps, seed=args.seed, eval_every=max(steps // 12, 10_000), ckpt_path=ckpt)
         nan = np.full(s.num_tasks, np.nan)
         beh = {"env": args.env, "actor": None if actor is None else actor.state_dict(), "history": history,
                "train_config": {"total_steps": steps, "seed": args.seed,
@@ -99,6 +100,8 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
                "random_return": nan.copy(), "expert_return": nan.copy(), "medium_eps": nan.copy(),
                "train_time_s": time.time() - t0, "calib_time_s": 0.0}
         atomic_torch_save(beh, path)
+        if actor is not None:
+            os.remove(ckpt)
     actor = None
     if beh["actor"] is not None:
         actor = Actor(s.obs_dim, goal_dim, s.act_dim)

@@ -16,6 +16,7 @@ random; eps is calibrated per task by bisection so that the normalised score
 from __future__ import annotations
 
 import copy
+import os
 import time
 
 import numpy as np
@@ -167,8 +168,13 @@ def calibrate_medium(policy: Policy, tasks, random_ret, expert_ret, episodes: in
 
 
 def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32, batch_size: int = 256,
-              updates_per_iter: int = 4, relabel_prob: float = 0.5, eval_every: int = 50_000, log=print):
+              updates_per_iter: int = 4, relabel_prob: float = 0.5, eval_every: int = 50_000,
+              ckpt_path: str | None = None, log=print):
     """Goal-relabelled SAC over num_envs parallel envs; returns the trained actor and a log.
+
+    With ckpt_path, the networks, optimisers, temperature and step count are saved atomically at every
+    evaluation and a rerun resumes from them (the replay buffer, hundreds of MB, is not saved: a resumed
+    run refills it with the current policy before updating again).
 
     The learner, not the simulator, costs time on a CPU, so the budget goes into gradient steps of a
     standard size (batch 256) and the cheap physics supplies fresh data: updates_per_iter updates per
@@ -185,8 +191,19 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
     q_opt = torch.optim.Adam(q.parameters(), lr=3e-4)
     a_opt = torch.optim.Adam([log_alpha], lr=3e-4)
     gamma, tau, target_entropy = 0.99, 0.005, -float(s.act_dim)
+    modules = {"actor": actor, "q": q, "q_t": q_t, "pi_opt": pi_opt, "q_opt": q_opt, "a_opt": a_opt}
+    done_steps, history, elapsed0 = 0, [], 0.0
+    if ckpt_path and os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, weights_only=False)
+        for k, m in modules.items():
+            m.load_state_dict(ck[k])
+        with torch.no_grad():
+            log_alpha.copy_(ck["log_alpha"])
+        done_steps, history, elapsed0 = ck["env_steps"], ck["history"], ck["time_s"]
+        rng = np.random.default_rng([seed, done_steps])
+        log(f"  resuming SAC from {ckpt_path} at {done_steps} env steps")
 
-    cap = total_steps + num_envs
+    cap = total_steps - done_steps + num_envs
     B = {"obs": np.zeros((cap, s.obs_dim), np.float32), "next_obs": np.zeros((cap, s.obs_dim), np.float32),
          "act": np.zeros((cap, s.act_dim), np.float32), "feats": np.zeros((cap, 3), np.float32),
          "term": np.zeros(cap, np.float32), "param": np.zeros(cap, np.float32)}
@@ -195,11 +212,11 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
     params = sample_params(env_name, rng, num_envs)
     for i in range(num_envs):
         venv.reset_one(i, int(rng.integers(2**31)), param=params[i])
-    warmup, history, t0, ep_ret, done_rets = 5_000, [], time.time(), np.zeros(num_envs), []
-    next_eval = eval_every
-    while size < total_steps:
+    warmup, t0, ep_ret, done_rets = 5_000, time.time() - elapsed0, np.zeros(num_envs), []
+    next_eval = (done_steps // eval_every + 1) * eval_every
+    while done_steps + size < total_steps:
         obs = venv.obs.copy()
-        if size < warmup:
+        if size < warmup and done_steps == 0:
             act = rng.uniform(-1, 1, (num_envs, s.act_dim))
         else:
             with torch.no_grad():
@@ -216,9 +233,7 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
             ep_ret[i] = 0.0
             params[i] = sample_params(env_name, rng, 1)[0]
             venv.reset_one(i, int(rng.integers(2**31)), param=params[i])
-        if size < warmup:
-            continue
-        for _ in range(updates_per_iter):
+        for _ in range(updates_per_iter if size >= warmup else 0):
             j = rng.integers(0, size, batch_size)
             p = B["param"][j].astype(np.float64)
             relabel = rng.random(batch_size) < relabel_prob
@@ -251,16 +266,25 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
             with torch.no_grad():
                 for w, wt in zip(q.parameters(), q_t.parameters()):
                     wt.lerp_(w, tau)
-        if size >= next_eval or size >= total_steps:
-            next_eval += eval_every
+        steps = done_steps + size
+        if steps >= next_eval or steps >= total_steps:
+            next_eval = (steps // eval_every + 1) * eval_every
             pol = Policy(env_name, actor)
             tasks = np.repeat(np.array(s.test_tasks), 2)
             rets, _, _ = rollout(pol, tasks, np.arange(len(tasks)), 0.0)
             el = time.time() - t0
-            row = {"env_steps": size, "time_s": round(el, 1), "test_return": float(rets.mean()),
-                   "train_episode_return": float(np.mean(done_rets[-50:])) if done_rets else None, "alpha": float(alpha)}
+            row = {"env_steps": steps, "time_s": round(el, 1), "test_return": float(rets.mean()),
+                   "train_episode_return": float(np.mean(done_rets[-50:])) if done_rets else None,
+                   "alpha": float(log_alpha.exp())}
             history.append(row)
-            log(f"  sac {env_name}: {size}/{total_steps} env steps, {size / el:.0f} steps/s, ETA "
-                f"{(total_steps - size) * el / size / 60:.1f} min, test-task return {rets.mean():.1f} "
-                f"(per task {np.round(rets.reshape(-1, 2).mean(1), 1).tolist()}), alpha {float(alpha):.3f}")
+            rate = size / (el - elapsed0)
+            log(f"  sac {env_name}: {steps}/{total_steps} env steps, {rate:.0f} steps/s, ETA "
+                f"{(total_steps - steps) / rate / 60:.1f} min, test-task return {rets.mean():.1f} "
+                f"(per task {np.round(rets.reshape(-1, 2).mean(1), 1).tolist()}), alpha {row['alpha']:.3f}")
+            if ckpt_path:
+                ck = {k: m.state_dict() for k, m in modules.items()}
+                ck.update(log_alpha=log_alpha.detach().clone(), env_steps=steps, history=history, time_s=el)
+                os.makedirs(os.path.dirname(ckpt_path) or ".", exist_ok=True)
+                torch.save(ck, ckpt_path + ".tmp")
+                os.replace(ckpt_path + ".tmp", ckpt_path)
     return actor, history

@@ -93,3 +93,14 @@ def test_rollouts_do_not_depend_on_batching():
         np.testing.assert_array_equal(a["actions"], b["actions"])
     other = rollout(policy, *args, num_envs=3, rng_seed=10)
     assert not np.array_equal(one[0], other[0])  # the mixing stream is seeded, not fixed
+
+
+def test_behaviour_training_resumes_from_its_checkpoint(tmp_path):
+    from common.behaviour import train_sac
+
+    ckpt, lines = str(tmp_path / "sac.train.pt"), []
+    _, h1 = train_sac("halfcheetahdir", 5400, num_envs=8, eval_every=2000, ckpt_path=ckpt, log=lines.append)
+    assert os.path.exists(ckpt) and h1[-1]["env_steps"] == 5400
+    _, h2 = train_sac("halfcheetahdir", 5800, num_envs=8, eval_every=2000, ckpt_path=ckpt, log=lines.append)
+    assert any("resuming SAC" in line and "at 5400 env steps" in line for line in lines)
+    assert [r["env_steps"] for r in h2] == [r["env_steps"] for r in h1] + [5800]
