@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import tyro
 
-from common.behaviour import (MEDIUM_BAND, Actor, Policy, calibrate_medium, calibration_seeds, goal_features, rollout,
+from common.behaviour import (MEDIUM_BAND, Actor, Policy, calibrate_medium, calibration_seeds, policy_input_dim, rollout,
                               train_sac)
 from common.data import QUALITIES, dataset_path, load_trajectories, save_trajectories, tq_saco
 from common.envs import spec
@@ -82,7 +82,6 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
     stored per task (NaN = not yet), so a subset run calibrates only what it needs."""
     s = spec(args.env)
     path = os.path.join(args.behaviour_dir, f"{args.env}.pt")
-    goal_dim = goal_features(args.env, [0.0]).shape[1] if args.env != "metaworld" else 0
     if os.path.exists(path) and not args.retrain:
         beh = torch.load(path, weights_only=False)
         print(f"behaviour policy: {path} ({beh['train_config']['algo']}, {beh['train_config']['total_steps']} env steps)")
@@ -104,7 +103,7 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
             os.remove(ckpt)
     actor = None
     if beh["actor"] is not None:
-        actor = Actor(s.obs_dim, goal_dim, s.act_dim)
+        actor = Actor(policy_input_dim(args.env), s.act_dim)
         actor.load_state_dict(beh["actor"])
     policy = Policy(args.env, actor)
     need = np.array([t for t in args.tasks if np.isnan(beh["medium_eps"][t])], dtype=int)

@@ -29,14 +29,39 @@ from common.envs import VecEnv, locomotion_reward, sample_params, spec
 MEDIUM_BAND = (1 / 3, 1 / 2)
 
 
-def goal_features(env_name: str, param) -> np.ndarray:
-    """What the behaviour policy is told about its task (shape (N, G))."""
-    p = np.asarray(param, dtype=np.float64).reshape(-1)
-    if env_name == "halfcheetahvel":
-        return (p / 3.0)[:, None]
-    if env_name == "halfcheetahdir":
-        return p[:, None]
-    return np.stack([np.cos(p), np.sin(p)], 1)
+def goal_frame(obs: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Ant observation seen from a frame rotated by theta about the vertical axis.
+
+    Ant-v5 obs (27-D): z, torso quaternion (w, x, y, z), 8 joint angles, linear velocity (world
+    frame), angular velocity (body frame), 8 joint velocities. Its dynamics do not change under a
+    rotation about z and the obs holds no x/y position, so "walk towards theta" is "walk along +x" in
+    the rotated frame: the quaternion is pre-multiplied by a -theta yaw and (vx, vy) rotated by -theta;
+    body-frame and joint entries are unchanged.
+    """
+    out = obs.copy()
+    c, s = np.cos(theta), np.sin(theta)
+    ch, sh = np.cos(theta / 2), np.sin(theta / 2)
+    w, x, y, z = obs[:, 1], obs[:, 2], obs[:, 3], obs[:, 4]
+    # (ch, 0, 0, -sh) * (w, x, y, z)
+    out[:, 1], out[:, 2] = ch * w + sh * z, ch * x + sh * y
+    out[:, 3], out[:, 4] = ch * y - sh * x, ch * z - sh * w
+    vx, vy = obs[:, 13], obs[:, 14]
+    out[:, 13], out[:, 14] = c * vx + s * vy, -s * vx + c * vy
+    return out
+
+
+def policy_input(env_name: str, obs: np.ndarray, param) -> np.ndarray:
+    """What the behaviour policy and critic see: the observation plus what they are told of the task.
+    halfcheetahvel: v*/3 appended; halfcheetahdir: d appended; antdir: the obs in the goal's frame."""
+    p = np.broadcast_to(np.asarray(param, dtype=np.float64), (len(obs),))
+    if env_name == "antdir":
+        return goal_frame(obs, p)
+    g = p / 3.0 if env_name == "halfcheetahvel" else p
+    return np.concatenate([obs, g[:, None]], 1)
+
+
+def policy_input_dim(env_name: str) -> int:
+    return policy_input(env_name, np.zeros((1, spec(env_name).obs_dim)), 0.0).shape[1]
 
 
 def mlp(inp: int, out: int, hidden: int = 256) -> nn.Sequential:
@@ -68,9 +93,9 @@ class TwinQ(nn.Module):
 class Actor(nn.Module):
     """tanh-Gaussian policy pi(a | s, g)."""
 
-    def __init__(self, obs_dim: int, goal_dim: int, act_dim: int):
+    def __init__(self, in_dim: int, act_dim: int):
         super().__init__()
-        self.net = mlp(obs_dim + goal_dim, 2 * act_dim)
+        self.net = mlp(in_dim, 2 * act_dim)
 
     def forward(self, x: torch.Tensor, deterministic: bool = False):
         mu, log_std = self.net(x).chunk(2, -1)
@@ -99,7 +124,7 @@ class Policy:
         if self.env_name == "metaworld":
             a = np.stack([self.scripted[t].get_action(o) for t, o in zip(tasks, venv.policy_obs)])
         else:
-            x = np.concatenate([venv.obs, goal_features(self.env_name, params)], 1)
+            x = policy_input(self.env_name, venv.obs, params)
             with torch.no_grad():
                 a = self.actor(torch.as_tensor(x, dtype=torch.float32), deterministic=True)[0].numpy()
         a = np.clip(a, -1.0, 1.0)
@@ -182,9 +207,9 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
     s = spec(env_name)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    goal_dim = goal_features(env_name, [0.0]).shape[1]
-    actor = Actor(s.obs_dim, goal_dim, s.act_dim)
-    q = TwinQ(s.obs_dim + goal_dim + s.act_dim)
+    in_dim = policy_input_dim(env_name)
+    actor = Actor(in_dim, s.act_dim)
+    q = TwinQ(in_dim + s.act_dim)
     q_t = copy.deepcopy(q)
     log_alpha = torch.zeros((), requires_grad=True)
     pi_opt = torch.optim.Adam(actor.parameters(), lr=3e-4)
@@ -220,7 +245,7 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
             act = rng.uniform(-1, 1, (num_envs, s.act_dim))
         else:
             with torch.no_grad():
-                x = torch.as_tensor(np.concatenate([obs, goal_features(env_name, params)], 1), dtype=torch.float32)
+                x = torch.as_tensor(policy_input(env_name, obs, params), dtype=torch.float32)
                 act = actor(x)[0].numpy()
         next_obs, rew, term, trunc, _ = venv.step(act)
         sl = slice(size, size + num_envs)
@@ -239,11 +264,10 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
             relabel = rng.random(batch_size) < relabel_prob
             p[relabel] = sample_params(env_name, rng, int(relabel.sum()))
             r = locomotion_reward(env_name, p, B["feats"][j].astype(np.float64), B["act"][j].astype(np.float64))
-            g = torch.as_tensor(goal_features(env_name, p), dtype=torch.float32)
-            o, o2 = torch.as_tensor(B["obs"][j]), torch.as_tensor(B["next_obs"][j])
+            x = torch.as_tensor(policy_input(env_name, B["obs"][j].astype(np.float64), p), dtype=torch.float32)
+            x2 = torch.as_tensor(policy_input(env_name, B["next_obs"][j].astype(np.float64), p), dtype=torch.float32)
             a, r = torch.as_tensor(B["act"][j]), torch.as_tensor(r, dtype=torch.float32)
             nd = 1.0 - torch.as_tensor(B["term"][j])  # time-limit truncation still bootstraps
-            x, x2 = torch.cat([o, g], 1), torch.cat([o2, g], 1)
             alpha = log_alpha.exp().detach()
             with torch.no_grad():
                 a2, logp2 = actor(x2)
