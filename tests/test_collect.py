@@ -104,3 +104,23 @@ def test_behaviour_training_resumes_from_its_checkpoint(tmp_path):
     _, h2 = train_sac("halfcheetahdir", 5800, num_envs=8, eval_every=2000, ckpt_path=ckpt, log=lines.append)
     assert any("resuming SAC" in line and "at 5400 env steps" in line for line in lines)
     assert [r["env_steps"] for r in h2] == [r["env_steps"] for r in h1] + [5800]
+
+
+def test_workers_split_tasks_merge_calibration_and_write_the_same_data(tmp_path):
+    import torch
+
+    stdout, tasks = collect(tmp_path, "halfcheetahdir", "--workers", "2")
+    beh = torch.load(tmp_path / "behaviour" / "halfcheetahdir.pt", weights_only=False)
+    assert not np.isnan(beh["medium_eps"][tasks]).any()  # both workers' calibrations were kept
+    assert "| expert |" in stdout
+    # the same behaviour file, one process, another data dir: identical files
+    cmd = [sys.executable, "collect_data.py", "--env", "halfcheetahdir", "--data-dir", str(tmp_path / "one"),
+           "--behaviour-dir", str(tmp_path / "behaviour"), "--num-trajs", "3", "--threads", "1"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for q in QUALITIES:
+        for t in tasks:
+            a = load_trajectories("halfcheetahdir", t, q, str(tmp_path / "data"))
+            b = load_trajectories("halfcheetahdir", t, q, str(tmp_path / "one"))
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x["actions"], y["actions"])
