@@ -1,11 +1,11 @@
 """Behaviour policies that generate the offline datasets (used by collect_data.py only).
 
 Locomotion (halfcheetahvel, halfcheetahdir, antdir): one goal-conditioned SAC agent per family
-instead of the paper's SAC agent per task. The task parameter is appended to the *policy's* input
-(never to the stored observations), and since every reward in common/envs.py is a known function of
+instead of the paper's SAC agent per task. The policy and critic are told the task (policy_input;
+the stored observations never are), and since every reward in common/envs.py is a known function of
 goal-free features (vx, vy, healthy + contact), each replayed transition is relabelled with a fresh
 goal drawn from the task distribution: one stream of experience trains every task at once. Envs are
-stepped in a batch (VecEnv) and the learner does a few large-batch updates per batch of transitions.
+stepped in a batch (VecEnv) and the learner does a few updates per batch of transitions.
 
 MetaWorld: metaworld's scripted policies, fed the goal-visible observation.
 
