@@ -57,6 +57,8 @@ class Args:
     """episodes per task for the random/expert returns and each medium bisection step (-1: default)"""
     calib_iters: int = 7
     """bisection steps of the medium eps calibration"""
+    recalibrate: bool = False
+    """calibrate the selected tasks again (e.g. with more --calib-episodes); their medium files are remade"""
     num_envs: int = -1
     """envs stepped together in rollouts (-1: 100 for locomotion; 10 for metaworld, whose envs each load
     a MuJoCo model per class and whose scripted policies gain nothing from batching)"""
@@ -106,7 +108,7 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
         actor = Actor(policy_input_dim(args.env), s.act_dim)
         actor.load_state_dict(beh["actor"])
     policy = Policy(args.env, actor)
-    need = np.array([t for t in args.tasks if np.isnan(beh["medium_eps"][t])], dtype=int)
+    need = np.array([t for t in args.tasks if args.recalibrate or np.isnan(beh["medium_eps"][t])], dtype=int)
     if len(need):
         t0 = time.time()
         n = args.calib_episodes if args.calib_episodes > 0 else CALIB_EPISODES.get(args.env, 10)
@@ -148,10 +150,12 @@ def collect(args: Args, policy: Policy, beh: dict) -> None:
     todo = []
     for q in QUALITIES:
         for task in args.tasks:
-            try:
-                if len(load_trajectories(args.env, task, q, args.data_dir)) == args.num_trajs:
+            eps = 0.0 if q == "expert" else float(beh["medium_eps"][task])
+            try:  # complete = readable, the right size, and made with the behaviour file's eps
+                if (len(load_trajectories(args.env, task, q, args.data_dir)) == args.num_trajs
+                        and float(np.load(dataset_path(args.data_dir, args.env, q, task))["eps"]) == eps):
                     continue
-            except (FileNotFoundError, RuntimeError):
+            except (FileNotFoundError, RuntimeError, KeyError):
                 pass
             todo.append((q, task))
     print(f"{2 * len(args.tasks) - len(todo)} of {2 * len(args.tasks)} dataset files complete; collecting {len(todo)}")
@@ -228,9 +232,9 @@ if __name__ == "__main__":
         torch.set_num_threads(args.threads)
     start = time.time()
     if args.workers > 1:
-        behaviour_policy(dataclasses.replace(args, tasks=()))  # train once (if needed), before splitting
+        behaviour_policy(dataclasses.replace(args, tasks=(), recalibrate=False))  # train once, before splitting
         run_workers(args)
-        policy, beh = behaviour_policy(args)  # everything is calibrated by now: just loads
+        policy, beh = behaviour_policy(dataclasses.replace(args, recalibrate=False))  # calibrated by now: loads
     else:
         policy, beh = behaviour_policy(args)
         collect(args, policy, beh)

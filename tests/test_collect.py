@@ -124,3 +124,20 @@ def test_workers_split_tasks_merge_calibration_and_write_the_same_data(tmp_path)
             b = load_trajectories("halfcheetahdir", t, q, str(tmp_path / "one"))
             for x, y in zip(a, b):
                 np.testing.assert_array_equal(x["actions"], y["actions"])
+
+
+def test_a_changed_medium_eps_remakes_only_that_medium_file(tmp_path):
+    import torch
+
+    env = "halfcheetahdir"
+    collect(tmp_path, env)
+    path = tmp_path / "behaviour" / f"{env}.pt"
+    beh = torch.load(path, weights_only=False)
+    beh["medium_eps"][1] = 0.123  # as --recalibrate would
+    torch.save(beh, path)
+    stdout, _ = collect(tmp_path, env)
+    assert "3 of 4 dataset files complete; collecting 1" in stdout and "medium task  1" in stdout
+    with np.load(dataset_path(str(tmp_path / "data"), env, "medium", 1)) as z:
+        assert float(z["eps"]) == 0.123
+    stdout, _ = collect(tmp_path, env, "--recalibrate", "--tasks", "0")
+    assert "calibrating 1 tasks" in stdout
