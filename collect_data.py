@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -76,6 +78,17 @@ def atomic_torch_save(obj, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     torch.save(obj, path + ".tmp")
     os.replace(path + ".tmp", path)
+
+
+def fingerprint(beh: dict) -> str:
+    """Identifies the behaviour policy a dataset file was made with (a retrained policy remakes all)."""
+    h = hashlib.sha1(beh["env"].encode())
+    if beh["actor"] is None:
+        h.update(importlib.metadata.version("metaworld").encode())  # scripted policies ship with metaworld
+    else:
+        for k, v in sorted(beh["actor"].items()):
+            h.update(v.numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def behaviour_policy(args: Args) -> tuple[Policy, dict]:
@@ -147,14 +160,15 @@ def run_workers(args: Args) -> None:
 
 def collect(args: Args, policy: Policy, beh: dict) -> None:
     s = spec(args.env)
-    todo = []
+    todo, bid = [], fingerprint(beh)
     for q in QUALITIES:
         for task in args.tasks:
             eps = 0.0 if q == "expert" else float(beh["medium_eps"][task])
-            try:  # complete = readable, the right size, and made with the behaviour file's eps
-                if (len(load_trajectories(args.env, task, q, args.data_dir)) == args.num_trajs
-                        and float(np.load(dataset_path(args.data_dir, args.env, q, task))["eps"]) == eps):
-                    continue
+            try:  # complete = readable, the right size, made by this behaviour policy with this eps
+                if len(load_trajectories(args.env, task, q, args.data_dir)) == args.num_trajs:
+                    with np.load(dataset_path(args.data_dir, args.env, q, task)) as z:
+                        if str(z["behaviour_id"]) == bid and float(z["eps"]) == eps:
+                            continue
             except (FileNotFoundError, RuntimeError, KeyError):
                 pass
             todo.append((q, task))
@@ -166,7 +180,7 @@ def collect(args: Args, policy: Policy, beh: dict) -> None:
         rets, succ, trajs = rollout(policy, np.full(args.num_trajs, task), seeds, eps, args.num_envs, record=True,
                                     rng_seed=SEED_BASE[q] + task)
         save_trajectories(dataset_path(args.data_dir, args.env, q, task), trajs, env=args.env, task=task,
-                          param=str(s.params[task]), quality=q, eps=eps, seeds=seeds,
+                          param=str(s.params[task]), quality=q, eps=eps, seeds=seeds, behaviour_id=bid,
                           episode_returns=rets, episode_success=succ)
         steps += sum(len(t["rewards"]) for t in trajs)
         el = time.time() - t0

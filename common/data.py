@@ -7,7 +7,8 @@ Layout (made by collect_data.py, never in git): one compressed file per (env, qu
 holding the trajectories concatenated in order with D4RL/Minari field names: observations,
 next_observations, actions, rewards, terminals (true environment termination), timeouts (horizon
 reached); a trajectory ends at the first row where terminals or timeouts is set. Per-trajectory
-metadata: episode_returns, episode_success, seeds; and env, task, param, quality, eps.
+metadata: episode_returns, episode_success, seeds; and env, task, param, quality, eps, behaviour_id
+(a fingerprint of the behaviour policy that made the file).
 """
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def test_workers_split_tasks_merge_calibration_and_write_the_same_data(tmp_path)
                 np.testing.assert_array_equal(x["actions"], y["actions"])
 
 
-def test_a_changed_medium_eps_remakes_only_that_medium_file(tmp_path):
+def test_a_changed_eps_or_policy_remakes_the_files_it_made(tmp_path):
     import torch
 
     env = "halfcheetahdir"
@@ -141,3 +141,5 @@ def test_a_changed_medium_eps_remakes_only_that_medium_file(tmp_path):
         assert float(z["eps"]) == 0.123
     stdout, _ = collect(tmp_path, env, "--recalibrate", "--tasks", "0")
     assert "calibrating 1 tasks" in stdout
+    stdout, _ = collect(tmp_path, env, "--retrain", "--seed", "1")  # a new policy: every file is remade
+    assert "0 of 4 dataset files complete; collecting 4" in stdout
