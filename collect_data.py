@@ -106,6 +106,8 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
         if args.env != "metaworld":
             print(f"training the behaviour policy: goal-relabelled SAC, {steps} env steps")
             ckpt = path.replace(".pt", ".train.pt")  # resumable: a rerun continues an interrupted training
+            if args.retrain and os.path.exists(ckpt):
+                os.remove(ckpt)  # --retrain means from scratch
             actor, history = train_sac(args.env, steps, seed=args.seed, eval_every=max(steps // 12, 10_000), ckpt_path=ckpt)
         nan = np.full(s.num_tasks, np.nan)
         beh = {"env": args.env, "actor": None if actor is None else actor.state_dict(), "history": history,
