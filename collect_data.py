@@ -34,7 +34,7 @@ from common.behaviour import (MEDIUM_BAND, Actor, Policy, calibrate_medium, cali
 from common.data import QUALITIES, dataset_path, load_trajectories, save_trajectories, tq_saco
 from common.envs import spec
 
-DEFAULT_STEPS = {"halfcheetahvel": 1_200_000, "halfcheetahdir": 1_600_000, "antdir": 4_000_000, "metaworld": 0}
+DEFAULT_STEPS = {"halfcheetahvel": 1_200_000, "halfcheetahdir": 1_600_000, "antdir": 2_500_000, "metaworld": 0}
 CALIB_EPISODES = {"metaworld": 5}  # metaworld episodes are 2.5x longer and the scripted policy is slow
 SEED_BASE = {"expert": 0, "medium": 5_000_000}  # reset seeds of (quality, task, i): base + 10_000 task + i
 
