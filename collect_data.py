@@ -36,6 +36,7 @@ from common.envs import spec
 
 DEFAULT_STEPS = {"halfcheetahvel": 1_200_000, "halfcheetahdir": 1_600_000, "antdir": 2_500_000, "metaworld": 0}
 CALIB_EPISODES = {"metaworld": 5}  # metaworld episodes are 2.5x longer and the scripted policy is slow
+TEST_CALIB_EPISODES = 20  # at least this many for the test tasks (5 gave 3 of 5 metaworld test classes off band)
 SEED_BASE = {"expert": 0, "medium": 5_000_000}  # reset seeds of (quality, task, i): base + 10_000 task + i
 
 
@@ -56,7 +57,8 @@ class Args:
     tasks: tuple[int, ...] = ()
     """task indices to collect (default: all 50; e.g. --tasks 45 46 for two metaworld test classes)"""
     calib_episodes: int = -1
-    """episodes per task for the random/expert returns and each medium bisection step (-1: default)"""
+    """episodes per task for the random/expert returns and each medium bisection step (-1: 10, metaworld 5;
+    test tasks always get at least 20)"""
     calib_iters: int = 7
     """bisection steps of the medium eps calibration"""
     recalibrate: bool = False
@@ -127,12 +129,18 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
     if len(need):
         t0 = time.time()
         n = args.calib_episodes if args.calib_episodes > 0 else CALIB_EPISODES.get(args.env, 10)
-        print(f"calibrating {len(need)} tasks x {n} episodes: random and expert returns, then medium eps")
-        tasks, seeds = np.repeat(need, n), calibration_seeds(need, n)
-        beh["random_return"][need] = rollout(policy, tasks, seeds, 1.0, args.num_envs)[0].reshape(-1, n).mean(1)
-        beh["expert_return"][need] = rollout(policy, tasks, seeds, 0.0, args.num_envs)[0].reshape(-1, n).mean(1)
-        beh["medium_eps"][need] = calibrate_medium(policy, need, beh["random_return"][need], beh["expert_return"][need],
-                                                   episodes=n, iters=args.calib_iters)
+        # the test tasks' medium data are the ones finetuning uses: calibrate them with more episodes
+        groups = [(np.array([t for t in need if t not in s.test_tasks], dtype=int), n),
+                  (np.array([t for t in need if t in s.test_tasks], dtype=int), max(n, TEST_CALIB_EPISODES))]
+        for group, k in groups:
+            if not len(group):
+                continue
+            print(f"calibrating {len(group)} tasks x {k} episodes: random and expert returns, then medium eps")
+            tasks, seeds = np.repeat(group, k), calibration_seeds(group, k)
+            beh["random_return"][group] = rollout(policy, tasks, seeds, 1.0, args.num_envs)[0].reshape(-1, k).mean(1)
+            beh["expert_return"][group] = rollout(policy, tasks, seeds, 0.0, args.num_envs)[0].reshape(-1, k).mean(1)
+            beh["medium_eps"][group] = calibrate_medium(policy, group, beh["random_return"][group],
+                                                        beh["expert_return"][group], episodes=k, iters=args.calib_iters)
         # merge into the file as it is now: parallel workers calibrate disjoint tasks of the same policy
         disk = torch.load(path, weights_only=False)
         for k in ("random_return", "expert_return", "medium_eps"):

@@ -140,6 +140,6 @@ def test_a_changed_eps_or_policy_remakes_the_files_it_made(tmp_path):
     with np.load(dataset_path(str(tmp_path / "data"), env, "medium", 1)) as z:
         assert float(z["eps"]) == 0.123
     stdout, _ = collect(tmp_path, env, "--recalibrate", "--tasks", "0")
-    assert "calibrating 1 tasks" in stdout
+    assert "calibrating 1 tasks x 20 episodes" in stdout  # a test task: at least 20, whatever --calib-episodes
     stdout, _ = collect(tmp_path, env, "--retrain", "--seed", "1")  # a new policy: every file is remade
     assert "0 of 4 dataset files complete; collecting 4" in stdout

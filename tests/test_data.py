@@ -14,7 +14,8 @@ def _traj(T, obs_dim=3, act_dim=2, seed=0, terminal=False):
             "timeouts": np.eye(T)[-1].astype(bool) & (not terminal)}
 
 
-def test_missing_dataset_error_names_the_collect_command(tmp_path):
+def test_missing_dataset_error_names_the_collect_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default data dir ("data") must not exist
     with pytest.raises(FileNotFoundError) as e:
         load_trajectories("antdir", 6, "expert", str(tmp_path))
     assert f"python collect_data.py --env antdir --data-dir {tmp_path}" in str(e.value)
