@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,7 +32,7 @@ import tyro
 
 from common.behaviour import (MEDIUM_BAND, Actor, Policy, calibrate_medium, calibration_seeds, policy_input_dim, rollout,
                               train_sac)
-from common.data import QUALITIES, dataset_path, load_trajectories, save_trajectories, tq_saco
+from common.data import QUALITIES, atomic_torch_save, dataset_path, load_trajectories, save_trajectories, tq_saco
 from common.envs import spec
 
 DEFAULT_STEPS = {"halfcheetahvel": 1_200_000, "halfcheetahdir": 1_600_000, "antdir": 2_500_000, "metaworld": 0}
@@ -74,12 +75,6 @@ class Args:
     """processes to split the tasks over (2 on a 2-core machine: rollouts are single-threaded)"""
     summary: bool = True
     """print and save the summary at the end"""
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
 
 
 def fingerprint(beh: dict) -> str:
@@ -175,12 +170,12 @@ def collect(args: Args, policy: Policy, beh: dict) -> None:
         for task in args.tasks:
             eps = 0.0 if q == "expert" else float(beh["medium_eps"][task])
             try:  # complete = readable, the right size, made by this behaviour policy with this eps
-                if len(load_trajectories(args.env, task, q, args.data_dir)) == args.num_trajs:
-                    with np.load(dataset_path(args.data_dir, args.env, q, task)) as z:
-                        if str(z["behaviour_id"]) == bid and float(z["eps"]) == eps:
-                            continue
-            except (FileNotFoundError, RuntimeError, KeyError):
-                pass
+                with np.load(dataset_path(args.data_dir, args.env, q, task)) as z:  # reads metadata only
+                    if (len(z["episode_returns"]) == args.num_trajs and str(z["behaviour_id"]) == bid
+                            and float(z["eps"]) == eps):
+                        continue
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                pass  # missing, truncated or from an older layout: remake it
             todo.append((q, task))
     print(f"{2 * len(args.tasks) - len(todo)} of {2 * len(args.tasks)} dataset files complete; collecting {len(todo)}")
     t0, steps = time.time(), 0

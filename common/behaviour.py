@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.data import atomic_torch_save
 from common.envs import VecEnv, locomotion_reward, sample_params, spec
 
 MEDIUM_BAND = (1 / 3, 1 / 2)
@@ -308,7 +309,5 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
             if ckpt_path:
                 ck = {k: m.state_dict() for k, m in modules.items()}
                 ck.update(log_alpha=log_alpha.detach().clone(), env_steps=steps, history=history, time_s=el)
-                os.makedirs(os.path.dirname(ckpt_path) or ".", exist_ok=True)
-                torch.save(ck, ckpt_path + ".tmp")
-                os.replace(ckpt_path + ".tmp", ckpt_path)
+                atomic_torch_save(ck, ckpt_path)
     return actor, history

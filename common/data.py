@@ -47,6 +47,15 @@ def save_trajectories(path: str, trajs: list[dict], **meta) -> None:
     os.replace(tmp, path)
 
 
+def atomic_torch_save(obj, path: str) -> None:
+    """torch.save to a temporary name, then rename: never a half-written checkpoint."""
+    import torch
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
 def split_trajectories(flat: dict) -> list[dict]:
     ends = np.flatnonzero(flat["terminals"] | flat["timeouts"]) + 1
     starts = np.concatenate([[0], ends[:-1]])
