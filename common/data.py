@@ -116,33 +116,49 @@ def state_stats(trajs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return obs.mean(0), obs.std(0) + 1e-6
 
 
-def _segment(traj: dict, start: int, length: int, rtg: np.ndarray | None = None):
-    """Steps [start, start+length) of traj, left-padded with zeros to `length` (mask 0 on padding)."""
-    rtg = returns_to_go(traj["rewards"]) if rtg is None else rtg
-    end = min(start + length, len(traj["rewards"]))
-    n, pad = end - start, length - (end - start)
-    obs_dim, act_dim = traj["observations"].shape[1], traj["actions"].shape[1]
-    s = np.concatenate([np.zeros((pad, obs_dim)), traj["observations"][start:end]])
-    a = np.concatenate([np.zeros((pad, act_dim)), traj["actions"][start:end]])
-    r = np.concatenate([np.zeros(pad), traj["rewards"][start:end]])
-    g = np.concatenate([np.zeros(pad), rtg[start:end]])
-    ts = np.concatenate([np.zeros(pad, dtype=np.int64), np.arange(start, end)])
-    mask = np.concatenate([np.zeros(pad), np.ones(n)])
-    return {"states": s, "actions": a, "rewards": r, "rtg": g, "timesteps": ts, "mask": mask}
-
-
-def sample_windows(trajs: list[dict], K: int, batch_size: int, rng: np.random.Generator) -> dict:
-    """batch_size random K-step windows (trajectory chosen in proportion to its length, as in DT).
-    Returns a dict of arrays with a leading batch axis; windows near the start are left-padded."""
+def pack(trajs: list[dict]) -> dict:
+    """Concatenate trajectories once (with their returns-to-go) so that batches are gathered with a
+    few vectorised index operations instead of a Python loop over samples."""
     lengths = np.array([len(t["rewards"]) for t in trajs])
-    rtgs = [returns_to_go(t["rewards"]) for t in trajs]
-    ti = rng.choice(len(trajs), batch_size, p=lengths / lengths.sum())
-    out = []
-    for i in ti:
-        end = int(rng.integers(1, lengths[i] + 1))  # window ends at step end-1
-        seg = _segment(trajs[i], max(0, end - K), K, rtgs[i])
-        out.append(seg)
-    return {k: np.stack([o[k] for o in out]) for k in out[0]}
+    return {"lengths": lengths, "starts": np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+            "states": np.concatenate([t["observations"] for t in trajs]).astype(np.float32),
+            "actions": np.concatenate([t["actions"] for t in trajs]).astype(np.float32),
+            "rewards": np.concatenate([t["rewards"] for t in trajs]).astype(np.float32),
+            "rtg": np.concatenate([returns_to_go(t["rewards"]) for t in trajs]).astype(np.float32),
+            "timesteps": np.concatenate([np.arange(n) for n in lengths])}
+
+
+def gather(packed: dict, traj: np.ndarray, end: np.ndarray, length: int) -> dict:
+    """For each i, steps [end_i - length, end_i) of trajectory traj_i, left-padded with zeros
+    (mask 0, timestep 0) where the window reaches before the trajectory's start."""
+    offs = np.arange(-length, 0)
+    pos = end[:, None] + offs[None, :]  # step index within the trajectory
+    valid = pos >= 0
+    flat = packed["starts"][traj][:, None] + np.maximum(pos, 0)
+    out = {k: packed[k][flat] * (valid if packed[k].ndim == 1 else valid[..., None])
+           for k in ("states", "actions", "rewards", "rtg", "timesteps")}
+    out["mask"] = valid.astype(np.float32)
+    return out
+
+
+def sample_windows(trajs: list[dict] | dict, K: int, batch_size: int, rng: np.random.Generator) -> dict:
+    """batch_size random K-step windows (trajectory chosen in proportion to its length, as in DT;
+    window end uniform over the trajectory). `trajs` is a list or pack(list). Returns a dict of
+    arrays with a leading batch axis; windows near the start are left-padded."""
+    p = trajs if isinstance(trajs, dict) else pack(trajs)
+    ti = rng.choice(len(p["lengths"]), batch_size, p=p["lengths"] / p["lengths"].sum())
+    end = (rng.random(batch_size) * p["lengths"][ti]).astype(np.int64) + 1  # window ends at step end-1
+    out = gather(p, ti, end, K)
+    out["traj"] = ti
+    return out
+
+
+def sample_prompts(packed: dict, traj: np.ndarray, length: int, rng: np.random.Generator) -> dict:
+    """A random `length`-step segment of each given trajectory (Prompt-DT's stochastic prompt)."""
+    L = packed["lengths"][traj]
+    lo = np.minimum(L, length)
+    end = lo + (rng.random(len(traj)) * (L - lo + 1)).astype(np.int64)
+    return gather(packed, traj, end, length)
 
 
 def trajectory_prompt(traj: dict, length: int = 5, start: int | None = None,
@@ -152,7 +168,10 @@ def trajectory_prompt(traj: dict, length: int = 5, start: int | None = None,
     T = len(traj["rewards"])
     if start is None:
         start = int(rng.integers(0, max(1, T - length + 1))) if rng is not None else 0
-    return _segment(traj, start, length)
+    end = min(start + length, T)
+    seg = gather(pack([traj]), np.array([0]), np.array([end]), end - start)
+    pad = length - (end - start)  # a trajectory shorter than the prompt: left-pad
+    return {k: np.concatenate([np.zeros((pad,) + v.shape[2:], v.dtype), v[0]]) for k, v in seg.items()}
 
 
 def tq_saco(trajs: list[dict], reference: list[dict], random_return: float, expert_return: float,

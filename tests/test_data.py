@@ -97,3 +97,19 @@ def test_state_stats_and_tq_saco():
     assert tq == pytest.approx(0.5)
     assert 0 < saco < 1  # half of the reference buffer covers fewer cells than all of it
     assert tq_saco(trajs, trajs, 0.0, 1.0)[1] == 1.0
+
+
+def test_packed_prompts_are_full_segments_of_the_given_trajectories():
+    from common.data import pack, sample_prompts
+    trajs = [_traj(30, seed=0), _traj(12, seed=1), _traj(3, seed=2)]
+    p = pack(trajs)
+    ids = np.array([0, 1, 2, 1, 0] * 20)
+    pr = sample_prompts(p, ids, 5, np.random.default_rng(0))
+    assert pr["states"].shape == (100, 5, 3)
+    for k, i in enumerate(ids):
+        m = pr["mask"][k].astype(bool)
+        assert m.sum() == min(5, len(trajs[i]["rewards"]))  # full unless the trajectory is shorter
+        ts = pr["timesteps"][k][m]
+        np.testing.assert_allclose(pr["actions"][k][m], trajs[i]["actions"][ts])
+    starts = {int(pr["timesteps"][k][0]) for k in range(100) if ids[k] == 0}
+    assert len(starts) > 5  # random segments, not always the same
