@@ -125,7 +125,11 @@ def pack(trajs: list[dict]) -> dict:
             "actions": np.concatenate([t["actions"] for t in trajs]).astype(np.float32),
             "rewards": np.concatenate([t["rewards"] for t in trajs]).astype(np.float32),
             "rtg": np.concatenate([returns_to_go(t["rewards"]) for t in trajs]).astype(np.float32),
-            "timesteps": np.concatenate([np.arange(n) for n in lengths])}
+            "timesteps": np.concatenate([np.arange(n) for n in lengths]),
+            "has_next": np.concatenate([np.arange(n) < n - 1 for n in lengths]).astype(np.float32),
+            **({"next_states": np.concatenate([t["next_observations"] for t in trajs]).astype(np.float32),
+                "terminals": np.concatenate([t["terminals"] for t in trajs]).astype(np.float32)}
+               if "next_observations" in trajs[0] else {})}
 
 
 def gather(packed: dict, traj: np.ndarray, end: np.ndarray, length: int) -> dict:
@@ -135,8 +139,8 @@ def gather(packed: dict, traj: np.ndarray, end: np.ndarray, length: int) -> dict
     pos = end[:, None] + offs[None, :]  # step index within the trajectory
     valid = pos >= 0
     flat = packed["starts"][traj][:, None] + np.maximum(pos, 0)
-    out = {k: packed[k][flat] * (valid if packed[k].ndim == 1 else valid[..., None])
-           for k in ("states", "actions", "rewards", "rtg", "timesteps")}
+    out = {k: v[flat] * (valid if v.ndim == 1 else valid[..., None])
+           for k, v in packed.items() if k not in ("lengths", "starts")}
     out["mask"] = valid.astype(np.float32)
     return out
 
@@ -150,6 +154,7 @@ def sample_windows(trajs: list[dict] | dict, K: int, batch_size: int, rng: np.ra
     end = (rng.random(batch_size) * p["lengths"][ti]).astype(np.int64) + 1  # window ends at step end-1
     out = gather(p, ti, end, K)
     out["traj"] = ti
+    out["window"] = p["starts"][ti] + end - 1  # flat index of the window's last step: one window per step
     return out
 
 

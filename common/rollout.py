@@ -41,35 +41,36 @@ def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="
     targets: the target return-to-go of each task. Returns per-task arrays (tasks, episodes) of
     `returns`, `success` and `lengths`, plus `time_s`.
     """
-    t0 = time.perf_counter()
     sp = spec(env_name)
     tasks = list(tasks)
     B, H = len(tasks) * episodes, sp.horizon
     envs = VecEnv(env_name, B)
+    t0 = time.perf_counter()  # time_s: the episodes, not building the envs
     row_task = np.repeat(tasks, episodes)
     obs = envs.reset(row_task, np.concatenate([eval_seeds(t, episodes) for t in tasks]))
     f32 = dict(dtype=torch.float32, device=device)
-    states = torch.zeros(B, H, sp.obs_dim, **f32)
-    actions = torch.zeros(B, H, sp.act_dim, **f32)
-    rtg = torch.zeros(B, H, **f32)
-    rtg[:, 0] = torch.as_tensor(np.repeat(np.asarray(targets, dtype=np.float64), episodes), **f32)
-    steps = torch.arange(H, device=device)
+    # histories with K - 1 steps of zero padding in front: the window of step t is the view
+    # [t, t + K), already left-padded (mask 0) for t < K - 1
+    L = H + K - 1
+    states = torch.zeros(B, L, sp.obs_dim, **f32)
+    actions = torch.zeros(B, L, sp.act_dim, **f32)
+    rtg = torch.zeros(B, L, **f32)
+    timesteps = torch.cat([torch.zeros(K - 1, dtype=torch.long), torch.arange(H)]).to(device).expand(B, L)
+    mask = torch.cat([torch.zeros(K - 1), torch.ones(H)]).to(**f32).expand(B, L)
+    target = torch.as_tensor(np.repeat(np.asarray(targets, dtype=np.float64), episodes), **f32)
     returns, success, lengths = np.zeros(B), np.zeros(B), np.zeros(B, dtype=np.int64)
     for t in range(H):
-        states[:, t] = torch.as_tensor(obs, **f32)
-        lo, n = max(0, t - K + 1), min(t + 1, K)
-        win = lambda x: torch.cat([x.new_zeros((B, K - n) + x.shape[2:]), x[:, lo:t + 1]], 1)  # noqa: E731
-        mask = torch.cat([torch.zeros(B, K - n, **f32), torch.ones(B, n, **f32)], 1)
-        a = act(win(states), win(actions), win(rtg), win(steps.expand(B, H)), mask)
-        a_np = a.clamp(-1, 1).cpu().numpy().astype(np.float64)
+        i = t + K - 1
+        states[:, i] = torch.as_tensor(obs, **f32)
+        rtg[:, i] = target - torch.as_tensor(returns, **f32)  # DT: the target minus the reward so far
+        w = slice(t, t + K)
+        a = act(states[:, w], actions[:, w], rtg[:, w], timesteps[:, w], mask[:, w]).clamp(-1, 1)
+        actions[:, i] = a  # what was executed
         alive = ~envs.done
-        obs, r, term, trunc, succ = envs.step(a_np)
+        obs, r, term, trunc, succ = envs.step(a.cpu().numpy().astype(np.float64))
         returns += r
         lengths += alive
         success = np.maximum(success, succ)
-        actions[:, t] = a.clamp(-1, 1)  # what was executed
-        if t + 1 < H:
-            rtg[:, t + 1] = rtg[:, t] - torch.as_tensor(r, **f32)
         if envs.done.all():
             break
     shape = (len(tasks), episodes)
