@@ -30,7 +30,7 @@ class Args(FinetuneArgs):
     grad_clip: float = 0.25
     """gradient-norm clip (as in pretraining)"""
     alpha: float = 0.1
-    """weight of the Q term (eq. 13), on the normalised Q"""
+    """weight of the Q term (eqs. 13-14), on the normalised Q"""
     gamma: float = 0.99
     """discount of the TD target (eq. 16)"""
     tau: float = 0.005

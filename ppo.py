@@ -1,0 +1,135 @@
+"""PPO: proximal policy optimisation of the pretrained Prompt-DT on a test task's trajectories.
+
+    python ppo.py --env halfcheetahvel --tuning full --seed 1
+
+Loss (paper eq. 9): the clipped surrogate min(ratio A, clip(ratio, 1 - eps, 1 + eps) A) with ratio
+pi(a|s)/pi_old(a|s) on the data actions. Offline, the advantages are GAE(gamma, lambda) estimates on
+the task's trajectories from a learned state-value critic V(s) (3 hidden layers of 256, Mish); V is
+regressed onto the lambda-returns, and the advantages of the whole dataset are recomputed from the
+current V every --gae-every steps. Advantages are normalised per batch, as in PPO.
+
+pi(a|s) is a Gaussian around the DT's action with a fixed std (--policy-std). pi_old is the policy
+that sampled the batch: each batch is used for --update-epochs gradient steps, and pi_old's actions
+are those of the first of them (no extra forward pass).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+from common.finetune import FinetuneArgs, Run, masked_mean
+
+
+@dataclass
+class Args(FinetuneArgs):
+    weight_decay: float = 1e-4
+    """AdamW weight decay"""
+    grad_clip: float = 0.25
+    """gradient-norm clip (as in pretraining)"""
+    clip_eps: float = 0.2
+    """epsilon of the clipped ratio (eq. 9)"""
+    gamma: float = 0.99
+    """discount"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    policy_std: float = 0.5
+    """fixed std of the Gaussian policy around the DT's action"""
+    update_epochs: int = 2
+    """gradient steps per sampled batch (pi_old is the policy before the first)"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of V"""
+    gae_every: int = 50
+    """steps between recomputations of the dataset's advantages from the current V"""
+
+
+def gaussian_logp(x: torch.Tensor, mu: torch.Tensor, std: float) -> torch.Tensor:
+    """log N(x; mu, std^2 I), summed over action dimensions."""
+    return -((x - mu) ** 2).sum(-1) / (2 * std ** 2) - x.shape[-1] * math.log(std * math.sqrt(2 * math.pi))
+
+
+def gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, terminals: np.ndarray,
+        has_next: np.ndarray, gamma: float, lam: float) -> np.ndarray:
+    """GAE over concatenated trajectories: delta_t = r_t + gamma V(s_t+1) (1 - terminal) - V(s_t),
+    A_t = delta_t + gamma lambda A_t+1 within a trajectory (has_next = 0 at each one's last step;
+    a timeout there still bootstraps from V(s'))."""
+    deltas = rewards + gamma * next_values * (1 - terminals) - values
+    adv, acc = np.zeros_like(deltas), 0.0
+    for t in range(len(deltas) - 1, -1, -1):
+        acc = deltas[t] + gamma * lam * acc * has_next[t]
+        adv[t] = acc
+    return adv
+
+
+def ppo_loss(logp, logp_old, adv, mask, clip_eps: float) -> torch.Tensor:
+    """Eq. 9, averaged over the valid steps of the windows."""
+    ratio = torch.exp((logp - logp_old).clamp(-20, 20))  # the clamp only guards exp against overflow
+    return -masked_mean(torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv), mask)
+
+
+def main(args: Args) -> dict:
+    run = Run(args, "ppo")
+    sp, model = run.sp, run.model
+    norm = lambda s: (s - model.state_mean) / model.state_std  # noqa: E731
+    for task in run.tasks:
+        rng = run.seed(task)
+        policy = run.policy(task).train()
+        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
+        critic = nn.Sequential(nn.Linear(sp.obs_dim, 256), nn.Mish(), nn.Linear(256, 256), nn.Mish(),
+                               nn.Linear(256, 256), nn.Mish(), nn.Linear(256, 1)).to(run.device)
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+        p = run.data[task]["packed"]
+        states, next_states = (torch.as_tensor(p[k], device=run.device) for k in ("states", "next_states"))
+        held = {}
+
+        def refresh() -> None:
+            """Advantages and lambda-return targets of every step of the dataset from the current V."""
+            with torch.no_grad():
+                v = critic(norm(states)).squeeze(-1).cpu().numpy()
+                v_next = critic(norm(next_states)).squeeze(-1).cpu().numpy()
+            a = gae(p["rewards"], v, v_next, p["terminals"], p["has_next"], args.gamma, args.gae_lambda)
+            held["adv"] = torch.as_tensor(a, dtype=torch.float32, device=run.device)
+            held["ret"] = torch.as_tensor(a + v, dtype=torch.float32, device=run.device)
+
+        refresh()
+
+        def update(b: dict, step: int) -> dict:
+            if step % args.gae_every == 0:
+                refresh()
+            if (step - 1) % args.update_epochs == 0:  # a fresh batch; else reuse the held one
+                held["b"], held["logp_old"] = b, None
+            b = held["b"]
+            K = b["mask"].shape[1]
+            flat = b["window"][:, None] - torch.arange(K - 1, -1, -1, device=run.device)[None]
+            flat = flat.clamp(min=0)  # padded steps (mask 0) point anywhere valid
+            # critic: regression onto the lambda-returns
+            v = critic(norm(b["states"])).squeeze(-1)
+            critic_loss = masked_mean((v - held["ret"][flat]) ** 2, b["mask"])
+            critic_opt.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            critic_opt.step()
+            # policy (eq. 9) with batch-normalised advantages
+            adv = held["adv"][flat]
+            m = b["mask"].bool()
+            adv = (adv - adv[m].mean()) / (adv[m].std() + 1e-8)
+            pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
+            logp = gaussian_logp(b["actions"], pred, args.policy_std)
+            if held["logp_old"] is None:
+                held["logp_old"] = logp.detach()
+            loss = ppo_loss(logp, held["logp_old"], adv, b["mask"], args.clip_eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
+            opt.step()
+            return {"loss": run.check(loss, step, task), "critic_loss": run.check(critic_loss, step, task)}
+
+        run.train(task, policy, update, rng)
+    return run.finish()
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
