@@ -39,6 +39,8 @@ class Args(FinetuneArgs):
     """Adam learning rate of the Q-networks"""
     num_random: int = 10
     """uniform random actions per state in the regulariser"""
+    critic_batch: int = 256
+    """transitions per TD update, drawn from the batch's windows"""
 
 
 class TwinQ(nn.Module):
@@ -76,20 +78,25 @@ def main(args: Args) -> dict:
         def update(b: dict, step: int) -> dict:
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             s = norm(b["states"])
-            # critic: TD (eq. 10) on steps whose next step is in the window, with a' = pi(s')
-            mask_td = b["mask"][:, :-1] * b["mask"][:, 1:]
+            # critic: TD (eq. 10) on --critic-batch random steps whose next step is in the window, a' = pi(s')
+            valid = (b["mask"][:, :-1] * b["mask"][:, 1:]).flatten()
+            idx = torch.multinomial(valid, min(args.critic_batch, int(valid.sum())))
+            pick = lambda x: x[:, :-1].flatten(0, 1)[idx]  # noqa: E731
+            nxt = lambda x: x[:, 1:].flatten(0, 1)[idx]  # noqa: E731
             with torch.no_grad():
-                a_next = pred[:, 1:].detach()
-                y = b["rewards"][:, :-1] + args.gamma * (1 - b["terminals"][:, :-1]) * torch.min(
-                    *critic_target(s[:, 1:], a_next))
-            q1, q2 = critic(s, b["actions"])
-            td = masked_mean((q1[:, :-1] - y) ** 2 + (q2[:, :-1] - y) ** 2, mask_td)
-            # regulariser (eq. 11) against uniform random actions and the policy's action
-            n = args.num_random
-            a_rand = torch.rand((n, *b["actions"].shape), device=run.device) * 2 - 1
-            a_other = torch.cat([a_rand, pred.detach().unsqueeze(0)])
-            q1_o, q2_o = critic(s.unsqueeze(0).expand(n + 1, *s.shape), a_other)
-            reg = cql_regulariser(q1, q1_o, b["mask"]) + cql_regulariser(q2, q2_o, b["mask"])
+                y = pick(b["rewards"]) + args.gamma * (1 - pick(b["terminals"])) * torch.min(
+                    *critic_target(nxt(s), nxt(pred.detach())))
+            q1, q2 = critic(pick(s), pick(b["actions"]))
+            td = ((q1 - y) ** 2 + (q2 - y) ** 2).mean()
+            # regulariser (eq. 11) against uniform random actions and the policy's action, on the last
+            # step of every window (one state per window keeps its cost at that of a 64-state batch)
+            n, s_last = args.num_random, s[:, -1:]
+            a_rand = torch.rand((n, *b["actions"][:, -1:].shape), device=run.device) * 2 - 1
+            a_other = torch.cat([a_rand, pred[:, -1:].detach().unsqueeze(0)])
+            q1_o, q2_o = critic(s_last.unsqueeze(0).expand(n + 1, *s_last.shape), a_other)
+            q1_d, q2_d = critic(s_last, b["actions"][:, -1:])
+            last = b["mask"][:, -1:]
+            reg = cql_regulariser(q1_d, q1_o, last) + cql_regulariser(q2_d, q2_o, last)
             critic_loss = td + args.alpha * reg
             critic_opt.zero_grad(set_to_none=True)
             critic_loss.backward()

@@ -45,6 +45,8 @@ class Args(FinetuneArgs):
     """actions sampled for --max-target"""
     target_sample_std: float = 0.2
     """std of the Gaussian noise around a^ for --max-target"""
+    critic_batch: int = 256
+    """transitions per critic update, drawn from the batch's windows"""
 
 
 def sft_loss(pred: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -102,20 +104,23 @@ def main(args: Args) -> dict:
             nonlocal target_actions
             if step % args.target_policy_every == 0:
                 target_actions = run.window_table(policy, task, last_only=True)
-            # critic (eqs. 15-16) on every step of the windows; a^ = pi_theta'(s') at the next flat step
+            # critic (eqs. 15-16) on --critic-batch random steps of the windows; a^ = pi_theta'(s') is the
+            # snapshot's action at the next step of the data
             K = b["mask"].shape[1]
             flat = b["window"][:, None] - torch.arange(K - 1, -1, -1, device=run.device)[None]
             valid = b["mask"] * torch.maximum(b["has_next"], b["terminals"])  # a timeout's s' has no a^
-            a_next = target_actions[(flat + 1).clamp(max=len(target_actions) - 1)]
-            s, s_next = norm(b["states"]), norm(b["next_states"])
+            idx = torch.multinomial(valid.flatten(), min(args.critic_batch, int(valid.sum())))
+            t = {k: b[k].flatten(0, 1)[idx] for k in ("states", "actions", "rewards", "terminals", "next_states")}
+            a_next = target_actions[(flat.flatten()[idx] + 1).clamp(max=len(target_actions) - 1)]
+            s_t, s_next = norm(t["states"]), norm(t["next_states"])
             with torch.no_grad():
                 if args.max_target:
-                    y = max_td_target(critic_target, b["rewards"], b["terminals"], s_next, a_next, args.gamma,
+                    y = max_td_target(critic_target, t["rewards"], t["terminals"], s_next, a_next, args.gamma,
                                       args.num_target_samples, args.target_sample_std)
                 else:
-                    y = td_target(critic_target, b["rewards"], b["terminals"], s_next, a_next, args.gamma)
-            q1, q2 = critic(s, b["actions"])
-            critic_loss = masked_mean((q1 - y) ** 2 + (q2 - y) ** 2, valid)
+                    y = td_target(critic_target, t["rewards"], t["terminals"], s_next, a_next, args.gamma)
+            q1, q2 = critic(s_t, t["actions"])
+            critic_loss = ((q1 - y) ** 2 + (q2 - y) ** 2).mean()
             critic_opt.zero_grad(set_to_none=True)
             critic_loss.backward()
             critic_opt.step()
@@ -125,7 +130,7 @@ def main(args: Args) -> dict:
             # policy (eq. 13)
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             bc = sft_loss(pred, b["actions"], b["mask"])
-            q = q_term(critic.requires_grad_(False), s, pred, b["mask"])
+            q = q_term(critic.requires_grad_(False), norm(b["states"]), pred, b["mask"])
             critic.requires_grad_(True)
             loss = bc - args.alpha * q
             opt.zero_grad(set_to_none=True)
