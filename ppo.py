@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
-from common.finetune import FinetuneArgs, Run, masked_mean
+from common.finetune import FinetuneArgs, Run, cli, masked_mean
 
 
 @dataclass
@@ -132,4 +131,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli(main, Args)

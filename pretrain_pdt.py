@@ -21,11 +21,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from tqdm import tqdm
 
 from common.data import atomic_torch_save, load_trajectories, pack, sample_prompts, sample_windows, state_stats
 from common.envs import spec
+from common.finetune import cli
 from common.model import ModelConfig, PromptDT, default_checkpoint, num_params
 from common.rollout import evaluate, task_prompt_and_target
 
@@ -225,4 +225,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli(main, Args)

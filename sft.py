@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import tyro
 
-from common.finetune import FinetuneArgs, Run, masked_mean
+from common.finetune import FinetuneArgs, Run, cli, masked_mean
 
 
 @dataclass
@@ -51,4 +50,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli(main, Args)

@@ -79,6 +79,18 @@ class FinetuneArgs:
     """wandb project"""
 
 
+def cli(main, args_type) -> None:
+    """Parse the flags with tyro and run main; bad input (a missing file, a flag out of range, a NaN
+    loss) ends with one line that names the fix instead of a traceback."""
+    import tyro
+
+    args = tyro.cli(args_type)
+    try:
+        main(args)
+    except (FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of x over the valid (mask 1) steps of a batch of windows."""
     return (x * mask).sum() / mask.sum()
