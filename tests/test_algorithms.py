@@ -240,3 +240,33 @@ def test_the_qp_scripts_are_their_base_plus_the_critic_and_the_q_term(base, qp):
     allowed = ("    run = Run(", "            loss = ", "            return {")
     assert all(l.startswith(allowed) for l in missing), missing
     assert len(code(qp)) - len(code(base)) < 110  # the critic, its update and the Q term, nothing else
+
+
+def test_window_tables_are_exact_lookups_of_the_policy_on_sampled_batches(setup):
+    """The reference / target-policy tables must give, for any sampled batch, exactly what a forward
+    pass of the same policy gives; and the flat step index that QP and PPO derive for each position
+    of a window must point at that step's data."""
+    import sft
+    from common.finetune import Run
+    args = sft.Args(env=ENV, tasks=(TASK,), num_trajs=4, data_dir=str(setup / "data"), pretrained=str(setup / "pre.pt"),
+                    batch_size=16)
+    run = Run(args, "sft")
+    rng = run.seed(TASK)
+    policy = run.policy(TASK).eval()
+    table = run.window_table(policy, TASK, batch_size=7)
+    canon = run.window_table(policy, TASK, last_only=True)
+    p = run.data[TASK]["packed"]
+    assert table.shape == (len(p["states"]), 5, spec(ENV).act_dim) and canon.shape == (len(p["states"]), spec(ENV).act_dim)
+    torch.testing.assert_close(table[:, -1], canon, rtol=1e-5, atol=1e-6)
+    for _ in range(3):
+        b = run.sample(TASK, rng)
+        with torch.no_grad():
+            out = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
+        m = b["mask"].bool()
+        torch.testing.assert_close(table[b["window"]][m], out[m], rtol=1e-5, atol=1e-6)
+        K = b["mask"].shape[1]
+        flat = b["window"][:, None] - torch.arange(K - 1, -1, -1)[None]
+        np.testing.assert_array_equal(b["states"][m].numpy(), p["states"][flat[m].numpy()])
+        np.testing.assert_array_equal(b["next_states"][m].numpy(), p["next_states"][flat[m].numpy()])
+        nxt = flat[m & (b["has_next"] > 0)] + 1
+        np.testing.assert_array_equal(p["states"][nxt.numpy()], b["next_states"][m & (b["has_next"] > 0)].numpy())
