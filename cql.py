@@ -24,10 +24,6 @@ from common.finetune import FinetuneArgs, Run, cli, masked_mean
 
 @dataclass
 class Args(FinetuneArgs):
-    weight_decay: float = 1e-4
-    """AdamW weight decay"""
-    grad_clip: float = 0.25
-    """gradient-norm clip (as in pretraining)"""
     alpha: float = 5.0
     """weight of the CQL regulariser (eq. 11)"""
     gamma: float = 0.99

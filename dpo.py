@@ -26,10 +26,6 @@ from common.finetune import FinetuneArgs, Run, cli, masked_mean
 
 @dataclass
 class Args(FinetuneArgs):
-    weight_decay: float = 1e-4
-    """AdamW weight decay"""
-    grad_clip: float = 0.25
-    """gradient-norm clip (as in pretraining)"""
     beta: float = 0.1
     """DPO temperature (eq. 4)"""
     policy_std: float = 0.1

@@ -26,10 +26,6 @@ from common.finetune import FinetuneArgs, Run, cli, masked_mean
 
 @dataclass
 class Args(FinetuneArgs):
-    weight_decay: float = 1e-4
-    """AdamW weight decay"""
-    grad_clip: float = 0.25
-    """gradient-norm clip (as in pretraining)"""
     clip_eps: float = 0.2
     """epsilon of the clipped ratio (eq. 5)"""
     beta: float = 0.04

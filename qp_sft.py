@@ -24,10 +24,6 @@ from common.finetune import FinetuneArgs, Run, cli, masked_mean
 
 @dataclass
 class Args(FinetuneArgs):
-    weight_decay: float = 1e-4
-    """AdamW weight decay"""
-    grad_clip: float = 0.25
-    """gradient-norm clip (as in pretraining)"""
     alpha: float = 0.1
     """weight of the Q term (eqs. 13-14), on the normalised Q"""
     gamma: float = 0.99

@@ -18,10 +18,7 @@ from common.finetune import FinetuneArgs, Run, cli, masked_mean
 
 @dataclass
 class Args(FinetuneArgs):
-    weight_decay: float = 1e-4
-    """AdamW weight decay"""
-    grad_clip: float = 0.25
-    """gradient-norm clip (as in pretraining)"""
+    """SFT has no hyperparameters beyond the core flags of common/finetune.py."""
 
 
 def sft_loss(pred: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

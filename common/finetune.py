@@ -50,6 +50,10 @@ class FinetuneArgs:
     """episodes per evaluation"""
     batch_size: int = 64
     """K-step windows per gradient step"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay of the policy's trainable parameters"""
+    grad_clip: float = 0.25
+    """gradient-norm clip of the policy's update (as in pretraining)"""
     lr: float = -1.0
     """learning rate of the policy's trainable parameters (-1: per tuning, prompt 1e-2, lora 1e-3,
     decorator 3e-4, full 1e-4)"""
