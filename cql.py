@@ -5,10 +5,10 @@
 Critic (paper eqs. 10-11): twin Q-networks (3 hidden layers of 256, Mish) trained by the TD loss with
 a' = pi(s') and Polyak-averaged targets, plus alpha times the CQL regulariser: the soft maximum
 (logsumexp) of Q over --num-random uniform random actions and the policy's action, minus Q at the
-data action. It pushes Q down away from the data and up on it, so that the policy cannot exploit
+data action; --critic-batch transitions per update, after --critic-warmup critic-only updates. It pushes Q down away from the data and up on it, so that the policy cannot exploit
 over-estimated out-of-distribution actions. Policy (eq. 12): maximise Q(s, pi(s)), with no imitation
 term. a' = pi(s') is the policy's own action at the next step of the same window (the last step of
-a window, whose s' lies outside it, is left out of the TD loss).
+a window, whose s' lies outside it, is not drawn for the critic).
 """
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ class Args(FinetuneArgs):
     num_random: int = 10
     """uniform random actions per state in the regulariser"""
     critic_batch: int = 256
-    """transitions per TD update, drawn from the batch's windows"""
+    """transitions per critic update, drawn from the batch's windows"""
+    critic_warmup: int = 500
+    """critic-only updates on the data before the first policy step"""
 
 
 class TwinQ(nn.Module):
@@ -70,35 +72,49 @@ def main(args: Args) -> dict:
         critic_target = copy.deepcopy(critic).requires_grad_(False)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
 
-        def update(b: dict, step: int) -> dict:
-            pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
-            s = norm(b["states"])
-            # critic: TD (eq. 10) on --critic-batch random steps whose next step is in the window, a' = pi(s')
-            valid = (b["mask"][:, :-1] * b["mask"][:, 1:]).flatten()
-            idx = torch.multinomial(valid, min(args.critic_batch, int(valid.sum())))
-            pick = lambda x: x[:, :-1].flatten(0, 1)[idx]  # noqa: E731
-            nxt = lambda x: x[:, 1:].flatten(0, 1)[idx]  # noqa: E731
+        def critic_step(s, a, r, done, s_next, a_next, a_pi) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """Eqs. 10-11 on a batch of transitions (normalised states); a_next = pi(s'), a_pi = pi(s)."""
             with torch.no_grad():
-                y = pick(b["rewards"]) + args.gamma * (1 - pick(b["terminals"])) * torch.min(
-                    *critic_target(nxt(s), nxt(pred.detach())))
-            q1, q2 = critic(pick(s), pick(b["actions"]))
+                y = r + args.gamma * (1 - done) * torch.min(*critic_target(s_next, a_next))
+            q1, q2 = critic(s, a)
             td = ((q1 - y) ** 2 + (q2 - y) ** 2).mean()
-            # regulariser (eq. 11) against uniform random actions and the policy's action, on the last
-            # step of every window (one state per window keeps its cost at that of a 64-state batch)
-            n, s_last = args.num_random, s[:, -1:]
-            a_rand = torch.rand((n, *b["actions"][:, -1:].shape), device=run.device) * 2 - 1
-            a_other = torch.cat([a_rand, pred[:, -1:].detach().unsqueeze(0)])
-            q1_o, q2_o = critic(s_last.unsqueeze(0).expand(n + 1, *s_last.shape), a_other)
-            q1_d, q2_d = critic(s_last, b["actions"][:, -1:])
-            last = b["mask"][:, -1:]
-            reg = cql_regulariser(q1_d, q1_o, last) + cql_regulariser(q2_d, q2_o, last)
-            critic_loss = td + args.alpha * reg
+            # the regulariser against uniform random actions and the policy's action, on the same states
+            a_rand = torch.rand((args.num_random, *a.shape), device=run.device) * 2 - 1
+            a_other = torch.cat([a_rand, a_pi.unsqueeze(0)])
+            q1_o, q2_o = critic(s.unsqueeze(0).expand(len(a_other), *s.shape), a_other)
+            ones = torch.ones_like(r)
+            reg = cql_regulariser(q1, q1_o, ones) + cql_regulariser(q2, q2_o, ones)
+            loss = td + args.alpha * reg
             critic_opt.zero_grad(set_to_none=True)
-            critic_loss.backward()
+            loss.backward()
             critic_opt.step()
             with torch.no_grad():
                 for p, pt in zip(critic.parameters(), critic_target.parameters()):
                     pt.lerp_(p, args.tau)
+            return loss, td, reg
+
+        # warm-up: the critic alone, on the data with the pretrained policy's actions, so that the
+        # first policy steps climb a trained Q rather than a random network
+        p = run.data[task]["packed"]
+        data = {k: torch.as_tensor(p[k], device=run.device) for k in
+                ("states", "actions", "rewards", "terminals", "next_states", "has_next")}
+        pi0 = run.window_table(policy, task, last_only=True)
+        ok = torch.nonzero(torch.maximum(data["has_next"], data["terminals"])).squeeze(1)  # not a timeout
+        for _ in range(args.critic_warmup):
+            j = ok[torch.as_tensor(rng.integers(0, len(ok), args.critic_batch), device=run.device)]
+            critic_step(norm(data["states"][j]), data["actions"][j], data["rewards"][j], data["terminals"][j],
+                        norm(data["next_states"][j]), pi0[(j + 1).clamp(max=len(pi0) - 1)], pi0[j])
+
+        def update(b: dict, step: int) -> dict:
+            pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
+            s = norm(b["states"])
+            # critic on --critic-batch random steps whose next step is in the window: a' = pi(s') there
+            valid = (b["mask"][:, :-1] * b["mask"][:, 1:]).flatten()
+            idx = torch.multinomial(valid, min(args.critic_batch, int(valid.sum())))
+            pick = lambda x: x[:, :-1].flatten(0, 1)[idx]  # noqa: E731
+            nxt = lambda x: x[:, 1:].flatten(0, 1)[idx]  # noqa: E731
+            critic_loss, td, reg = critic_step(pick(s), pick(b["actions"]), pick(b["rewards"]), pick(b["terminals"]),
+                                               nxt(s), nxt(pred.detach()), pick(pred.detach()))
             # policy (eq. 12): maximise Q(s, pi(s))
             critic.requires_grad_(False)
             loss = -masked_mean(torch.min(*critic(s, pred)), b["mask"])

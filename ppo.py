@@ -6,7 +6,8 @@ Loss (paper eq. 9): the clipped surrogate min(ratio A, clip(ratio, 1 - eps, 1 + 
 pi(a|s)/pi_old(a|s) on the data actions. Offline, the advantages are GAE(gamma, lambda) estimates on
 the task's trajectories from a learned state-value critic V(s) (3 hidden layers of 256, Mish); V is
 regressed onto the lambda-returns, and the advantages of the whole dataset are recomputed from the
-current V every --gae-every steps. Advantages are normalised per batch, as in PPO.
+current V every --gae-every steps; V is first fitted alone for --critic-warmup updates. Advantages
+are normalised per batch, as in PPO.
 
 pi(a|s) is a Gaussian around the DT's action with a fixed std (--policy-std). pi_old is the policy
 that sampled the batch: each batch is used for --update-epochs gradient steps, and pi_old's actions
@@ -40,6 +41,8 @@ class Args(FinetuneArgs):
     """Adam learning rate of V"""
     gae_every: int = 50
     """steps between recomputations of the dataset's advantages from the current V"""
+    critic_warmup: int = 500
+    """V-only updates (batches of 256 states) before the first policy step"""
 
 
 def gaussian_logp(x: torch.Tensor, mu: torch.Tensor, std: float) -> torch.Tensor:
@@ -90,6 +93,15 @@ def main(args: Args) -> dict:
             held["adv"] = torch.as_tensor(a, dtype=torch.float32, device=run.device)
             held["ret"] = torch.as_tensor(a + v, dtype=torch.float32, device=run.device)
 
+        refresh()
+        for i in range(args.critic_warmup):  # fit V before the policy moves: its advantages are noise before
+            j = torch.as_tensor(rng.integers(0, len(states), 256), device=run.device)
+            v_loss = ((critic(norm(states[j])).squeeze(-1) - held["ret"][j]) ** 2).mean()
+            critic_opt.zero_grad(set_to_none=True)
+            v_loss.backward()
+            critic_opt.step()
+            if (i + 1) % args.gae_every == 0:
+                refresh()
         refresh()
 
         def update(b: dict, step: int) -> dict:
