@@ -151,8 +151,8 @@ def main(args: Args) -> dict:
                    id=run_name)
 
     def to_t(b: dict) -> dict:
-        return {k: torch.as_tensor(v, device=device, dtype=torch.long if k == "timesteps" else torch.float32)
-                for k, v in b.items() if k != "traj"}
+        return {k: torch.as_tensor(b[k], device=device, dtype=torch.long if k == "timesteps" else torch.float32)
+                for k in ("states", "actions", "rtg", "timesteps", "mask")}
 
     def zero_shot() -> dict:
         model.eval()
