@@ -1,0 +1,100 @@
+"""Run a list of finetuning commands on this machine, resumably.
+
+    python benchmark/run.py commands.txt --workers 2
+    some_generator | python benchmark/run.py - --dry-run
+
+One command per line (blank lines and # comments skipped), each a finetuning script call that
+writes <run-dir>/<run-name>/result.json. A command whose result file already exists is skipped, so a
+rerun after a kill continues where it stopped. --workers processes run at once, each with one torch
+thread (two 2-thread processes on 2 cores run 5-10x slower than two 1-thread ones). A failing
+command does not stop the others; the failures are listed at the end with their log files and the
+exit status is 1. Progress: one line per finished command with the overall ETA.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def result_path(cmd: list[str]) -> str | None:
+    """Where a finetuning command writes its result, from its own --run-dir/--run-name or defaults."""
+    if not cmd or not cmd[0].endswith(".py") and not (len(cmd) > 1 and cmd[1].endswith(".py")):
+        return None
+    script = cmd[0] if cmd[0].endswith(".py") else cmd[1]
+    flags = {}
+    for i, tok in enumerate(cmd):
+        if tok.startswith("--"):
+            key = tok[2:].replace("-", "_")
+            if "=" in key:
+                key, val = key.split("=", 1)
+                flags[key] = val
+            else:
+                nxt = cmd[i + 1] if i + 1 < len(cmd) else ""
+                flags[key] = nxt if nxt and not nxt.startswith("--") else True
+    if "run_name" in flags:
+        name = flags["run_name"]
+    else:
+        algo = os.path.basename(script)[:-3]
+        suffix = "_sparse" if flags.get("sparse_reward") is True else ""
+        suffix += "_maxq" if flags.get("max_target") is True else ""
+        name = (f"{algo}_{flags.get('env', 'halfcheetahvel')}_{flags.get('tuning', 'full')}_"
+                f"{flags.get('quality', 'expert')}_n{flags.get('num_trajs', 50)}{suffix}_s{flags.get('seed', 1)}")
+    return os.path.join(flags.get("run_dir", "runs"), name, "result.json")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("commands", help="file with one command per line, or - for stdin")
+    ap.add_argument("--workers", type=int, default=2, help="commands run at once (one torch thread each)")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands that would run, and exit")
+    ap.add_argument("--log-dir", default="runs/logs", help="one log file per command")
+    args = ap.parse_args()
+    lines = (sys.stdin if args.commands == "-" else open(args.commands)).read().splitlines()
+    cmds = [shlex.split(line) for line in lines if line.strip() and not line.strip().startswith("#")]
+    todo = [c for c in cmds if not (result_path(c) and os.path.exists(os.path.join(ROOT, result_path(c))))]
+    print(f"{len(cmds)} commands, {len(cmds) - len(todo)} already done, {len(todo)} to run", flush=True)
+    if args.dry_run:
+        for c in todo:
+            print(shlex.join(c))
+        return 0
+    os.makedirs(args.log_dir, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0, done, failures = time.time(), 0, []
+
+    def run_one(i: int, c: list[str]) -> tuple[list[str], int, str]:
+        log = os.path.join(args.log_dir, f"{i:04d}_{os.path.basename(os.path.dirname(result_path(c) or 'cmd/x'))}.log")
+        full = c if c[0] != "python" else [sys.executable, *c[1:]]
+        if "--threads" not in full:
+            full = [*full, "--threads", "1"]
+        with open(log, "w") as f:
+            rc = subprocess.run(full, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        return c, rc, log
+
+    with ThreadPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(run_one, i, c) for i, c in enumerate(todo)]
+        for fut in as_completed(futures):
+            c, rc, log = fut.result()
+            done += 1
+            if rc != 0:
+                failures.append((c, rc, log))
+            el = time.time() - t0
+            eta = el / done * (len(todo) - done)
+            print(f"[{done}/{len(todo)}] {'ok  ' if rc == 0 else 'FAIL'} {shlex.join(c)} | "
+                  f"{el / 60:.1f} min elapsed, ETA {eta / 60:.1f} min", flush=True)
+    if failures:
+        print(f"\n{len(failures)} of {len(todo)} commands failed:")
+        for c, rc, log in failures:
+            print(f"  exit {rc}: {shlex.join(c)}  (log: {log})")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

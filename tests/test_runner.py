@@ -1,0 +1,36 @@
+"""benchmark/run.py: result paths, skipping finished runs, carrying on after a failure, dry run."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+from run import result_path  # noqa: E402
+
+
+def test_result_path_follows_the_scripts_run_names():
+    assert result_path(["python", "qp_sft.py", "--env", "antdir", "--tuning", "lora", "--seed", "2"]) == \
+        os.path.join("runs", "qp_sft_antdir_lora_expert_n50_s2", "result.json")
+    assert result_path(["python", "qp_sft.py", "--sparse-reward", "--max-target", "--num-trajs", "10", "--quality",
+                        "medium", "--run-dir", "x"]) == os.path.join("x", "qp_sft_halfcheetahvel_full_medium_n10_sparse_maxq_s1", "result.json")
+    assert result_path(["python", "sft.py", "--run-name=abc", "--run-dir=y"]) == os.path.join("y", "abc", "result.json")
+
+
+def test_runner_skips_done_runs_and_lists_failures(tmp_path):
+    done = tmp_path / "runs" / "sft_halfcheetahvel_full_expert_n50_s1"
+    done.mkdir(parents=True)
+    (done / "result.json").write_text(json.dumps({"best": 0}))
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text(f"# a comment\npython sft.py --run-dir {tmp_path / 'runs'}\n\n"
+                    f"python no_such_script.py --run-dir {tmp_path / 'runs'}\n"
+                    f"python -c 'print(1)'\n")
+    run = lambda *a: subprocess.run([sys.executable, "benchmark/run.py", str(cmds), "--log-dir", str(tmp_path / "logs"), *a],  # noqa: E731
+                                    cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = run("--dry-run")
+    assert out.returncode == 0 and "3 commands, 1 already done, 2 to run" in out.stdout
+    assert "no_such_script.py" in out.stdout and "sft.py" not in out.stdout.split("to run")[1]
+    out = run("--workers", "2")
+    assert out.returncode == 1
+    assert "[2/2]" in out.stdout and "1 of 2 commands failed" in out.stdout and "no_such_script.py" in out.stdout
+    assert len(os.listdir(tmp_path / "logs")) == 2
