@@ -270,3 +270,12 @@ def test_window_tables_are_exact_lookups_of_the_policy_on_sampled_batches(setup)
         np.testing.assert_array_equal(b["next_states"][m].numpy(), p["next_states"][flat[m].numpy()])
         nxt = flat[m & (b["has_next"] > 0)] + 1
         np.testing.assert_array_equal(p["states"][nxt.numpy()], b["next_states"][m & (b["has_next"] > 0)].numpy())
+
+
+def test_track_logs_to_wandb_offline(setup, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(setup))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_algo(setup, "qp_sft", run_dir="tracked", track=True)
+    runs = [d for d in os.listdir(setup / "wandb") if d.startswith("offline-run-")]
+    assert runs and os.listdir(setup / "wandb" / runs[0])
