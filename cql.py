@@ -72,18 +72,20 @@ def main(args: Args) -> dict:
         critic_target = copy.deepcopy(critic).requires_grad_(False)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
 
-        def critic_step(s, a, r, done, s_next, a_next, a_pi) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """Eqs. 10-11 on a batch of transitions (normalised states); a_next = pi(s'), a_pi = pi(s)."""
+        def critic_step(s, a, r, done, s_next, a_next, s_reg, a_reg, a_pi) -> tuple[torch.Tensor, ...]:
+            """Eqs. 10-11: TD on transitions (s, a, r, done, s', a' = pi(s')), the regulariser on the
+            states s_reg with their data actions a_reg and policy actions a_pi (normalised states)."""
             with torch.no_grad():
                 y = r + args.gamma * (1 - done) * torch.min(*critic_target(s_next, a_next))
             q1, q2 = critic(s, a)
             td = ((q1 - y) ** 2 + (q2 - y) ** 2).mean()
-            # the regulariser against uniform random actions and the policy's action, on the same states
-            a_rand = torch.rand((args.num_random, *a.shape), device=run.device) * 2 - 1
+            # the regulariser against uniform random actions and the policy's action
+            a_rand = torch.rand((args.num_random, *a_reg.shape), device=run.device) * 2 - 1
             a_other = torch.cat([a_rand, a_pi.unsqueeze(0)])
-            q1_o, q2_o = critic(s.unsqueeze(0).expand(len(a_other), *s.shape), a_other)
-            ones = torch.ones_like(r)
-            reg = cql_regulariser(q1, q1_o, ones) + cql_regulariser(q2, q2_o, ones)
+            q1_o, q2_o = critic(s_reg.unsqueeze(0).expand(len(a_other), *s_reg.shape), a_other)
+            q1_d, q2_d = critic(s_reg, a_reg)
+            ones = torch.ones_like(q1_d)
+            reg = cql_regulariser(q1_d, q1_o, ones) + cql_regulariser(q2_d, q2_o, ones)
             loss = td + args.alpha * reg
             critic_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -102,8 +104,10 @@ def main(args: Args) -> dict:
         ok = torch.nonzero(torch.maximum(data["has_next"], data["terminals"])).squeeze(1)  # not a timeout
         for _ in range(args.critic_warmup):
             j = ok[torch.as_tensor(rng.integers(0, len(ok), args.critic_batch), device=run.device)]
+            r = j[:args.batch_size]  # the regulariser on as many states as the main loop uses
             critic_step(norm(data["states"][j]), data["actions"][j], data["rewards"][j], data["terminals"][j],
-                        norm(data["next_states"][j]), pi0[(j + 1).clamp(max=len(pi0) - 1)], pi0[j])
+                        norm(data["next_states"][j]), pi0[(j + 1).clamp(max=len(pi0) - 1)],
+                        norm(data["states"][r]), data["actions"][r], pi0[r])
 
         def update(b: dict, step: int) -> dict:
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
@@ -113,8 +117,10 @@ def main(args: Args) -> dict:
             idx = torch.multinomial(valid, min(args.critic_batch, int(valid.sum())))
             pick = lambda x: x[:, :-1].flatten(0, 1)[idx]  # noqa: E731
             nxt = lambda x: x[:, 1:].flatten(0, 1)[idx]  # noqa: E731
+            # the regulariser on the last step of every window (one state per window)
             critic_loss, td, reg = critic_step(pick(s), pick(b["actions"]), pick(b["rewards"]), pick(b["terminals"]),
-                                               nxt(s), nxt(pred.detach()), pick(pred.detach()))
+                                               nxt(s), nxt(pred.detach()), s[:, -1], b["actions"][:, -1],
+                                               pred[:, -1].detach())
             # policy (eq. 12): maximise Q(s, pi(s))
             critic.requires_grad_(False)
             loss = -masked_mean(torch.min(*critic(s, pred)), b["mask"])

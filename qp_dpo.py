@@ -104,9 +104,9 @@ def max_td_target(q_target: TwinQ, r, done, s_next, a_next, gamma: float, n: int
 
 
 def q_term(q: TwinQ, s: torch.Tensor, pi_s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The Q of eq. 13, mean over valid steps of min_i Q_i(s, pi(s)), divided by its detached mean
-    magnitude (so that alpha is scale-free)."""
-    qv = torch.min(*q(s, pi_s))
+    """The Q of eq. 13: Q_1(s, pi(s)) (the first twin, as in TD3+BC) averaged over valid steps and
+    divided by its detached mean magnitude (so that alpha is scale-free)."""
+    qv = q.q1(torch.cat([s, pi_s], -1)).squeeze(-1)
     return masked_mean(qv, mask) / masked_mean(qv.abs(), mask).detach().clamp_min(1e-6)
 
 
@@ -126,7 +126,7 @@ def main(args: Args) -> dict:
 
         def update(b: dict, step: int) -> dict:
             nonlocal target_actions
-            if step % args.target_policy_every == 0:
+            if step % args.target_policy_every == 0 and step < args.total_steps:
                 target_actions = run.window_table(policy, task, last_only=True)
             # critic (eqs. 15-16) on --critic-batch random steps of the windows; a^ = pi_theta'(s') is the
             # snapshot's action at the next step of the data

@@ -139,15 +139,17 @@ def test_double_q_min_target_and_the_q_term(algo):
     # the max-over-samples target with zero noise is the plain target; with noise it can only be higher here
     torch.testing.assert_close(mod.max_td_target(qt, r, done, s, a, 0.9, 5, 0.0), mod.td_target(qt, r, done, s, a, 0.9))
     assert (mod.max_td_target(qt, r, done, s, a, 0.9, 50, 0.3) >= mod.td_target(qt, r, done, s, a, 0.9) - 1e-6).all()
-    # the Q term: mean of min(Q1, Q2) over valid steps divided by its mean |.|, so its sign is that of Q
-    q = FixedQ(lambda s, a: a.sum(-1) * 10, lambda s, a: a.sum(-1) * 20)
+    # the Q term: Q1(s, pi(s)) (as in TD3+BC) over valid steps divided by its mean |.|, so its sign is that of Q
+    class Q1Only(torch.nn.Module):
+        def q1(self, x):  # the action is the last 2 inputs
+            return 10 * x[..., -2:].sum(-1, keepdim=True)
     pi = torch.tensor([[[0.1, 0.1], [-0.3, 0.0], [5.0, 5.0]]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    val = mod.q_term(q, torch.zeros(1, 3, 3), pi, mask)
-    # min over heads: [2, -6] (third step masked): mean -2, mean |.| 4
-    assert val.item() == pytest.approx(-0.5)
-    val.backward()  # the normaliser is detached: the gradient is that of Q / 4, pushing pi up Q
-    torch.testing.assert_close(pi.grad, torch.tensor([[[10 / 8, 10 / 8], [20 / 8, 20 / 8], [0.0, 0.0]]]))
+    val = mod.q_term(Q1Only(), torch.zeros(1, 3, 3), pi, mask)
+    # Q1 = [2, -3] (third step masked): mean -0.5, mean |.| 2.5
+    assert val.item() == pytest.approx(-0.2)
+    val.backward()  # the normaliser is detached: the gradient is that of mean Q1 / 2.5, pushing pi up Q
+    torch.testing.assert_close(pi.grad, torch.tensor([[[2.0, 2.0], [2.0, 2.0], [0.0, 0.0]]]))
     # QP's loss is (supervised loss) - alpha * Q term: higher Q, lower loss
     src = open(os.path.join(ROOT, f"{algo}.py")).read()
     assert "- args.alpha * q" in src
