@@ -219,8 +219,8 @@ class Run:
             if step % a.eval_every == 0 or step == a.total_steps:
                 self.step_time += time.perf_counter() - t0
                 curve.append({"step": step, **self.evaluate(policy, task), **logs})
-                sps = step / self.step_time if self.step_time else 0
-                done = len(self.results) * a.total_steps + step
+                done = len(self.results) * a.total_steps + step  # steps of all tasks so far
+                sps = done / self.step_time if self.step_time else 0
                 left = len(self.tasks) * a.total_steps - done
                 print(f"task {task} step {step}/{a.total_steps}: return {curve[-1]['return']:.1f} "
                       + " ".join(f"{k} {v:.4g}" for k, v in logs.items())
