@@ -21,7 +21,7 @@ import torch
 
 from common.data import QUALITIES, gather, load_trajectories, pack, sample_windows, sparsify
 from common.envs import spec
-from common.model import default_checkpoint, load_pretrained
+from common.model import default_checkpoint, load_pretrained, num_params
 from common.rollout import evaluate, task_prompt_and_target
 from common.tuning import TunedPolicy, format_bytes
 
@@ -244,7 +244,9 @@ class Run:
                "zero_shot": mean("zero_shot"), "best": mean("best"), "final": mean("final"),
                "tasks": self.results, "wall_time_s": time.perf_counter() - self.t0,
                "train_time_s": self.step_time, "trainable_params": self.trainable[0],
-               "trainable_bytes": self.trainable[1]}
+               "trainable_bytes": self.trainable[1],
+               "model": {"n_layer": self.model.cfg.n_layer, "n_embd": self.model.cfg.n_embd,
+                         "n_head": self.model.cfg.n_head, "params": num_params(self.model)}}
         if a.env == "metaworld":
             res.update({k: mean(k) for k in ("zero_shot_success", "best_success", "final_success")})
         os.makedirs(os.path.dirname(self.path), exist_ok=True)

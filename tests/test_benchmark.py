@@ -1,0 +1,153 @@
+"""benchmark/: every experiment script at SCALE=smoke end to end, the command grids at SCALE=paper,
+bad settings, and report.py's statistics and takeaway checks against hand-made results."""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("report", os.path.join(ROOT, "benchmark", "report.py"))
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+OUTPUTS = {"table1": ["table1.md", "table1.png"], "table2": ["table2.md", "table2.png"],
+           "fig1": ["fig1.md", "fig1.png"], "fig2": ["fig2.md", "fig2.png"],
+           "fig34": ["fig34.md", "fig3.png", "fig4.png"], "fig5": ["fig5.md", "fig5.png"],
+           "fig7": ["fig7.md", "fig7.png"], "table4": ["table4.md", "table4.png"],
+           "table6": ["table6.md", "table6.png"], "fig8": ["fig8.md", "fig8.png"]}
+
+
+def script(name, **env):
+    full = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(["bash", os.path.join("benchmark", f"{name}.sh")], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("smoke")
+
+
+@pytest.mark.parametrize("name", list(OUTPUTS))
+def test_smoke_scale_of_every_script_writes_its_table_and_figure(smoke_root, name):
+    out = script(name, SCALE="smoke", ROOT_DIR=str(smoke_root), WORKERS="2")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for f in OUTPUTS[name]:
+        path = smoke_root / "results" / f
+        assert path.exists(), f"{name} did not write {f}"
+        if f.endswith(".png"):
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (smoke_root / "results" / OUTPUTS[name][0]).read_text()
+    number = r"-?\d+\.\d+"
+    if name == "table1":  # the smoke grid (SFT, QP-SFT x prompt, full) is filled, the rest is "-"
+        row = next(line for line in md.splitlines() if line.startswith("| Prompt | HalfCheetahVel |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert re.fullmatch(number, cells[3]) and re.fullmatch(number, cells[9]) and cells[4] == "-"
+        assert "The paper's takeaways" in md and "Runtime" in md
+    elif name == "table2":
+        assert re.search(rf"\| HalfCheetahVel \| Expert \| {number} \| {number} \| 0\.99 \| 0\.50 \|", md)
+    elif name == "fig5":
+        assert "l1 e32 h1" in md and "l3 e128 h1" in md
+    elif name == "table6":
+        assert re.search(rf"\| HalfCheetahVel \| {number} \| {number} \|", md)
+    else:
+        assert re.search(number, md)
+
+
+def commands(name, **env):
+    out = script(name, DRY_RUN="1", **env)
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if line.startswith("python ")]
+
+
+def test_paper_scale_grids_have_every_cell_once():
+    cmds = commands("table1", SCALE="paper")
+    assert len(cmds) == len(set(cmds)) == 7 * 4 * 4 * 3
+    cells = {tuple(re.search(rf"--{k} (\S+)", c).group(1) for k in ("env", "tuning", "seed")) + (c.split()[1],)
+             for c in cmds}
+    assert len(cells) == 336 and all("--total-steps 1000" in c and "--eval-episodes 10" in c for c in cmds)
+    fig7 = commands("fig7", SCALE="paper")
+    assert len(fig7) == 2 * 5 * 2 * 4 * 4 * 3  # algos x alphas x qualities x tunings x envs x seeds
+    assert {re.search(r"--alpha (\S+)", c).group(1) for c in fig7} == {"0.001", "0.01", "0.1", "1", "2"}
+    fig5 = commands("fig5", SCALE="paper")
+    assert len(fig5) == 5 * 2 * 4 * 3 and all("--env metaworld" in c and "qp_dpo.py" in c for c in fig5)
+    assert len(commands("table6", SCALE="paper")) == 4 * 2 * 3
+    # overrides narrow the grid
+    assert len(commands("table1", SCALE="cpu", ALGOS="sft qp_sft", TUNINGS="full", SEEDS="3")) == 2
+
+
+@pytest.mark.parametrize("env,msg", [({"SCALE": "huge"}, "SCALE must be smoke, cpu or paper"),
+                                     ({"ALGOS": "sft trpo"}, "unknown algorithm 'trpo'"),
+                                     ({"TUNINGS": "adapter"}, "unknown tuning 'adapter'"),
+                                     ({"WORKERS": "0"}, "WORKERS must be a positive integer")])
+def test_bad_settings_give_one_line_errors(env, msg):
+    out = script("table1", DRY_RUN="1", **env)
+    assert out.returncode == 2 and msg in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_report_rejects_unknown_experiment_and_missing_run_dir(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "benchmark/report.py", *a], cwd=ROOT, capture_output=True, text=True)  # noqa: E731
+    out = run("table9", "--run-dir", str(tmp_path))
+    assert out.returncode == 2 and "unknown experiment 'table9'" in out.stderr
+    out = run("table1", "--run-dir", str(tmp_path / "nope"))
+    assert out.returncode == 2 and "bash benchmark/table1.sh" in out.stderr
+
+
+def test_bootstrap_ci_and_iqm_by_hand():
+    m, lo, hi = report.bootstrap_ci([1.0, 2.0, 3.0, 6.0])
+    assert m == 3.0 and 1.0 <= lo < 3.0 < hi <= 6.0
+    assert report.bootstrap_ci([5.0, 5.0])[1:] == (5.0, 5.0)
+    m, lo, hi = report.bootstrap_ci([4.0])
+    assert m == 4.0 and np.isnan(lo) and np.isnan(hi)
+    assert report.fmt([4.0]) == "4.00" and report.fmt([]) == "-" and report.fmt([5.0, 5.0]) == "5.00 ± 0.00"
+    assert report.iqm([1, 2, 3, 4]) == 2.5  # middle two
+    assert report.iqm([100, 1, 2, 3, 4, 5, 6, -100]) == 3.5  # outliers trimmed: mean of 2..5
+
+
+def fake_result(run_dir, algo, tuning, seed, best, final, zero_shot=0.0, wall=60.0, tasks=(2, 13)):
+    name = f"{algo}_halfcheetahvel_{tuning}_expert_n50_s{seed}"
+    cfg = {"env": "halfcheetahvel", "tuning": tuning, "quality": "expert", "num_trajs": 50, "sparse_reward": False,
+           "seed": seed, "total_steps": 10, "eval_every": 5, "eval_episodes": 1, "pretrained": ""}
+    if algo.startswith("qp"):
+        cfg["alpha"] = 0.1
+    ts = [{"task": t, "zero_shot": zero_shot, "best": best, "final": final,
+           "curve": [{"step": 0, "return": zero_shot}, {"step": 10, "return": final}]} for t in tasks]
+    res = {"algo": algo, "config": cfg, "zero_shot": zero_shot, "best": best, "final": final, "tasks": ts,
+           "wall_time_s": wall, "train_time_s": wall, "trainable_params": 1, "trainable_bytes": 4,
+           "model": {"n_layer": 3, "n_embd": 128, "n_head": 1, "params": 654214}}
+    os.makedirs(run_dir / name)
+    (run_dir / name / "result.json").write_text(json.dumps(res))
+
+
+def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
+    # best = algo base + 2 with full tuning; QP-SFT the highest everywhere; final below zero-shot
+    base = {"sft": -5, "dpo": -6, "grpo": -7, "ppo": -8, "cql": -9, "qp_dpo": -4, "qp_sft": -3}
+    run_dir = tmp_path / "runs"
+    for algo, b in base.items():
+        for tuning in report.TUNINGS:
+            for seed in (1, 2):
+                fake_result(run_dir, algo, tuning, seed, best=b + (2 if tuning == "full" else 0) + 0.1 * seed,
+                            final=-20.0, zero_shot=-10.0, wall=60.0 * (1.5 if algo == "cql" else 1.0))
+    out = subprocess.run([sys.executable, "benchmark/report.py", "table1", "--run-dir", str(run_dir), "--out-dir",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "table1.md").read_text()
+    verdict = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+               for line in md.splitlines() if line.startswith("| ") and line.count("|") == 5}
+    assert verdict["every algorithm beats zero-shot (average over tunings)"][1:] == ["holds", "does not hold"]
+    assert verdict["QP-SFT beats SFT in every tuning"][1] == "holds"
+    assert verdict["QP-SFT or QP-DPO has the highest average in every tuning"][1] == "holds"
+    assert verdict["full-model tuning gives QP-SFT and QP-DPO their highest average"][1] == "holds"
+    assert verdict["GRPO and CQL do best with a parameter-efficient tuning (LoRA or decorator)"][1] == "does not hold"
+    # the paper's own numbers for HalfCheetahVel: QP-SFT beats SFT in every tuning
+    assert verdict["QP-SFT beats SFT in every tuning"][0] == "holds"
+    # cells: mean +- CI over the 2 seeds; QP-SFT full = -3 + 2 + 0.15
+    row = next(line for line in md.splitlines() if line.startswith("| Full model | HalfCheetahVel |"))
+    assert "-0.85 ± 0.05" in row and "-10.00" in row
+    runtime = next(line for line in md.splitlines() if line.startswith("| Prompt | 1.0 min |"))
+    assert "| 1.50 |" in runtime
