@@ -165,7 +165,13 @@ def savefig(fig, out_dir: str, name: str) -> str:
     return path
 
 
+MADE_BY = ""  # the command that made the runs (--made-by), printed under each title
+
+
 def write(out_dir: str, name: str, text: str) -> str:
+    if MADE_BY:
+        title, _, rest = text.partition("\n")
+        text = f"{title}\n\nMade by `{MADE_BY}`.\n{rest}"
     path = os.path.join(out_dir, name)
     with open(path + ".tmp", "w") as f:
         f.write(text)
@@ -692,7 +698,10 @@ def main() -> int:
     ap.add_argument("--n-main", type=int, default=50, help="trajectories of the main setting (Table 1's)")
     ap.add_argument("--envs", nargs="+", default=ENVS, help="envs of Table 2")
     ap.add_argument("--abl-tunings", nargs="+", default=TUNINGS, help="tunings the ablations (figures 1-4, 7) average")
+    ap.add_argument("--made-by", default="", help="the command that made the runs, quoted in every table")
     args = ap.parse_args()
+    global MADE_BY
+    MADE_BY = args.made_by
     exps = EXPERIMENTS if args.experiments == ["all"] else args.experiments
     bad = [e for e in exps if e not in EXPERIMENTS]
     if bad:

@@ -14,6 +14,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SCALE=${SCALE:-cpu}
+SETTINGS="ENVS SEEDS STEPS EVAL_EVERY EPISODES ALGOS TUNINGS ABL_TUNINGS NUM_TRAJS N_MAIN ALPHAS SIZES TASKS"
+declare -A OVERRIDDEN=()  # settings given in the environment: quoted with the command in every table
+for v in $SETTINGS; do [ -n "${!v+x}" ] && OVERRIDDEN[$v]=1; done
 PY=${PYTHON:-python}
 WORKERS=${WORKERS:-2}
 DRY_RUN=${DRY_RUN:-0}
@@ -122,8 +125,10 @@ run_and_report() {
 }
 
 report() {
+  local made="SCALE=$SCALE" v
+  for v in $SETTINGS; do [ -z "${OVERRIDDEN[$v]+x}" ] || made+=" $v=\"${!v}\""; done
   $PY benchmark/report.py "$1" --run-dir "$RUN_DIR" --out-dir "$OUT_DIR" --data-dir "$DATA_DIR" --n-main "$N_MAIN" \
-    --envs $ENVS --abl-tunings $ABL_TUNINGS
+    --envs $ENVS --abl-tunings $ABL_TUNINGS --made-by "$made bash benchmark/$1.sh"
 }
 
 # Table 1's grid (also Figure 8's and Table 4's): seeds outermost, so one seed's table is complete first
