@@ -31,7 +31,7 @@ stamp "3/4 finetuning SFT and QP-SFT (full model, $QS_STEPS steps per test task)
 for algo in sft qp_sft; do
   echo "python $algo.py --env halfcheetahvel --tuning full --seed $QS_SEED --num-trajs $QS_TRAJS --total-steps $QS_STEPS" \
        "--eval-every 50 --eval-episodes 5 --data-dir $QS/data --pretrained $QS/pretrained.pt --run-dir $QS/runs"
-done | $PY benchmark/run.py - --workers 2 --log-dir "$QS/logs"
+done | $PY benchmark/run.py - --workers 2 --log-dir "$QS/logs" --status-every 30
 
 stamp "4/4 report"
 $PY benchmark/report.py runs --run-dir "$QS/runs" --out-dir "$QS" --n-main "$QS_TRAJS"

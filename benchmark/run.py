@@ -8,7 +8,8 @@ writes <run-dir>/<run-name>/result.json. A command whose result file already exi
 rerun after a kill continues where it stopped. --workers processes run at once, each with one torch
 thread (two 2-thread processes on 2 cores run 5-10x slower than two 1-thread ones). A failing
 command does not stop the others; the failures are listed at the end with their log files and the
-exit status is 1. Progress: one line per finished command with the overall ETA.
+exit status is 1. Progress: one line per finished command with the overall ETA, and every
+--status-every seconds the latest progress line of each running command.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -49,12 +51,26 @@ def result_path(cmd: list[str]) -> str | None:
     return os.path.join(flags.get("run_dir", "runs"), name, "result.json")
 
 
+def last_line(path: str) -> str:
+    """The last non-empty line of a log (progress bars rewrite one line with \\r: their last state)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [x.strip() for x in tail.replace("\r", "\n").split("\n") if x.strip()]
+    return lines[-1][:160] if lines else "(starting)"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("commands", help="file with one command per line, or - for stdin")
     ap.add_argument("--workers", type=int, default=2, help="commands run at once (one torch thread each)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands that would run, and exit")
     ap.add_argument("--log-dir", default="runs/logs", help="one log file per command")
+    ap.add_argument("--status-every", type=float, default=60.0,
+                    help="seconds between status lines (each running command's latest progress line); 0: none")
     args = ap.parse_args()
     lines = (sys.stdin if args.commands == "-" else open(args.commands)).read().splitlines()
     cmds = [shlex.split(line) for line in lines if line.strip() and not line.strip().startswith("#")]
@@ -73,10 +89,23 @@ def main() -> int:
         full = c if c[0] != "python" else [sys.executable, *c[1:]]
         if "--threads" not in full:
             full = [*full, "--threads", "1"]
+        running[log] = shlex.join(c)
         with open(log, "w") as f:
             rc = subprocess.run(full, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        running.pop(log, None)
         return c, rc, log
 
+    running: dict[str, str] = {}  # log file -> command, while it runs
+    stop = threading.Event()
+
+    def status() -> None:
+        """Every --status-every seconds: the latest progress line of every running command."""
+        while not stop.wait(args.status_every):
+            for log in list(running):
+                print(f"  running {os.path.basename(log)[5:-4]}: {last_line(log)}", flush=True)
+
+    if args.status_every > 0:
+        threading.Thread(target=status, daemon=True).start()
     with ThreadPoolExecutor(args.workers) as pool:
         futures = [pool.submit(run_one, i, c) for i, c in enumerate(todo)]
         for fut in as_completed(futures):
@@ -88,6 +117,7 @@ def main() -> int:
             eta = el / done * (len(todo) - done)
             print(f"[{done}/{len(todo)}] {'ok  ' if rc == 0 else 'FAIL'} {shlex.join(c)} | "
                   f"{el / 60:.1f} min elapsed, ETA {eta / 60:.1f} min", flush=True)
+    stop.set()
     if failures:
         print(f"\n{len(failures)} of {len(todo)} commands failed:")
         for c, rc, log in failures:
