@@ -343,9 +343,11 @@ def plot_table1(runs, envs, out_dir):
                     continue
                 m, lo, hi = bootstrap_ci(values(c, "best"))
                 x = j - 0.4 + width * (i + 0.5)
-                ax.bar(x, m, width, color=f"C{i}", label=LABEL[algo] if j == 0 else None,
-                       yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], capsize=2)
-                ax.plot(x, np.mean(values(c, "final")), "k.", ms=4, label="final" if (i, j) == (0, 0) else None)
+                # markers, not bars: returns can be negative, where a bar's length would mean nothing
+                ax.errorbar(x, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt="o", color=f"C{i}",
+                            capsize=2, label=LABEL[algo] if j == 0 else None)
+                ax.plot(x, np.mean(values(c, "final")), "x", color=f"C{i}", ms=5,
+                        label="final" if (i, j) == (0, 0) else None)
         zs = values(select(runs, env=env), "zero_shot")
         ax.axhline(np.mean(zs), color="k", ls="--", lw=1, label="zero-shot")
         lo = min([np.mean(zs)] + [np.mean(values(select(runs, env=env, tuning=t, algo=a), k))
@@ -356,7 +358,7 @@ def plot_table1(runs, envs, out_dir):
         pad = 0.15 * (hi - lo + 1e-9)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(range(len(TUNINGS)), [TLABEL[t] for t in TUNINGS])
-        ax.set_title(f"{ELABEL[env]}: best checkpoint (bars), final (dots)")
+        ax.set_title(f"{ELABEL[env]}: best checkpoint (o, 95% CI over seeds), final (x)")
         ax.set_ylabel("return")
     if envs:
         axes[0].legend(fontsize=7, ncol=3)
@@ -661,9 +663,11 @@ def table6(runs, args) -> list[str]:
         for i, mt in enumerate((False, True)):
             xs = values(select(runs, env=env, max_target=mt), "best")
             m, lo, hi = bootstrap_ci(xs)
-            ax.bar(i, m, 0.6, color=f"C{i}", yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], capsize=3)
+            ax.errorbar(i, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt="o", color=f"C{i}", capsize=3)
+            ax.plot(i, np.mean(values(select(runs, env=env, max_target=mt), "final") or [np.nan]), "x", color=f"C{i}")
         ax.set_xticks([0, 1], ["original", "max"])
-        ax.set_title(ELABEL[env])
+        ax.set_xlim(-0.5, 1.5)
+        ax.set_title(f"{ELABEL[env]}: best (o), final (x)")
     savefig(fig, args.out_dir, "table6.png")
     return [write(args.out_dir, "table6.md", "\n".join(text)), os.path.join(args.out_dir, "table6.png")]
 
