@@ -75,7 +75,8 @@ def load_runs(run_dir: str) -> list[dict]:
             size = tuple(int(x) for x in m.groups()) if m else DEFAULT_SIZE
         runs.append({"algo": r["algo"], "env": c["env"], "tuning": c["tuning"], "quality": c["quality"],
                      "num_trajs": c["num_trajs"], "sparse": bool(c["sparse_reward"]), "seed": c["seed"],
-                     "alpha": c.get("alpha"), "max_target": bool(c.get("max_target", False)), "size": size,
+                     # alpha as Figure 7 varies it: QP's Q-term weight (CQL's alpha is another thing)
+                     "alpha": c.get("alpha") if r["algo"].startswith("qp") else None, "max_target": bool(c.get("max_target", False)), "size": size,
                      "params": r.get("model", {}).get("params"), "result": r, "path": path})
     return runs
 
