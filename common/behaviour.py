@@ -300,7 +300,7 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
             el = time.time() - t0
             row = {"env_steps": steps, "time_s": round(el, 1), "test_return": float(rets.mean()),
                    "train_episode_return": float(np.mean(done_rets[-50:])) if done_rets else None,
-                   "alpha": float(log_alpha.exp())}
+                   "alpha": float(log_alpha.detach().exp())}
             history.append(row)
             rate = size / (el - elapsed0)
             log(f"  sac {env_name}: {steps}/{total_steps} env steps, {rate:.0f} steps/s, ETA "
