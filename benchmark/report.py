@@ -611,9 +611,9 @@ def fig7(runs, args) -> list[str]:
 
 def table4(runs, args) -> list[str]:
     main = main_setting(runs, args.n_main)
-    text = ["# Table 4: runtime\n", protocol_note(main), *runtime_section(main)]
     qp = [r for r in select(runs, algo="qp_dpo", quality="expert", num_trajs=args.n_main, sparse=False)
           if r["alpha"] in (None, DEFAULT_ALPHA)]
+    text = ["# Table 4: runtime\n", protocol_note(main + [r for r in qp if r not in main]), *runtime_section(main)]
     sizes = sorted({r["size"] for r in qp}, key=lambda s: (s[0] * s[1] * s[1], s))
     rows = [[TLABEL[t]] + [(f"{np.mean(values(c, 'wall_time_s')) / 60:.1f} min" if c else "-")
                            for c in (select(qp, tuning=t, size=s) for s in sizes)] for t in TUNINGS]
