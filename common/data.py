@@ -142,13 +142,15 @@ def gather(packed: dict, traj: np.ndarray, end: np.ndarray, length: int) -> dict
     out = {k: v[flat] * (valid if v.ndim == 1 else valid[..., None])
            for k, v in packed.items() if k not in ("lengths", "starts")}
     out["mask"] = valid.astype(np.float32)
+    out["index"] = flat  # flat (packed) index of every step; padded steps point at the trajectory's first
     return out
 
 
 def sample_windows(trajs: list[dict] | dict, K: int, batch_size: int, rng: np.random.Generator) -> dict:
     """batch_size random K-step windows (trajectory chosen in proportion to its length, as in DT;
     window end uniform over the trajectory). `trajs` is a list or pack(list). Returns a dict of
-    arrays with a leading batch axis; windows near the start are left-padded."""
+    arrays with a leading batch axis; windows near the start are left-padded. `index` (B, K) is the
+    flat index of every step (for per-step tables such as advantages), `window` (B,) that of the last."""
     p = trajs if isinstance(trajs, dict) else pack(trajs)
     ti = rng.choice(len(p["lengths"]), batch_size, p=p["lengths"] / p["lengths"].sum())
     end = (rng.random(batch_size) * p["lengths"][ti]).astype(np.int64) + 1  # window ends at step end-1

@@ -3,9 +3,13 @@ evaluation, and the result file. What makes an algorithm (its loss, critic and u
 own script; this file only does what every one of them does identically.
 
 Protocol (PROTOCOL.md): for every test task, start from the pretrained model, finetune on the
-task's first --num-trajs trajectories, evaluate zero-shot and every --eval-every steps with the same
-fixed eval seeds, and report zero-shot, best (the best evaluation after finetuning began, the
-paper's choice) and final. <run-dir>/<run-name>/result.json is written atomically at the end.
+task's first --num-trajs trajectories, evaluate zero-shot and every --eval-every steps on two fixed
+sets of episodes: validation episodes and reporting episodes (disjoint reset seeds, common/rollout.py).
+Reported, all on the reporting episodes: zero-shot; selected (the checkpoint after finetuning began
+with the best *validation* score: an honest estimate); best (the best reporting score after
+finetuning began, the paper's choice: optimistic, as it is the maximum of what it reports); final.
+MetaWorld selects on validation success, ties broken by return. <run-dir>/<run-name>/result.json is
+written atomically at the end.
 """
 from __future__ import annotations
 
@@ -19,10 +23,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from common.data import QUALITIES, gather, load_trajectories, pack, sample_windows, sparsify
-from common.envs import spec
+from common.data import QUALITIES, gather, load_trajectories, pack, returns_to_go, sample_windows, sparsify
+from common.envs import ENV_NAMES, spec
 from common.model import default_checkpoint, load_pretrained, num_params
-from common.rollout import evaluate, task_prompt_and_target
+from common.rollout import eval_seeds, evaluate, task_prompt_and_target
 from common.tuning import TunedPolicy, format_bytes
 
 DEFAULT_LR = {"prompt": 1e-2, "lora": 1e-3, "decorator": 3e-4, "full": 1e-4}
@@ -47,7 +51,7 @@ class FinetuneArgs:
     eval_every: int = 250
     """steps between evaluations"""
     eval_episodes: int = 10
-    """episodes per evaluation"""
+    """episodes per evaluation, on the reporting seeds and as many again on the validation seeds"""
     batch_size: int = 64
     """K-step windows per gradient step"""
     weight_decay: float = 1e-4
@@ -81,18 +85,93 @@ class FinetuneArgs:
     """log to Weights & Biases (WANDB_MODE=offline works without a network)"""
     wandb_project: str = "rft-agents"
     """wandb project"""
+    no_presets: bool = False
+    """ignore the env's presets (common/presets.json): every default is the script's own"""
+
+
+# RFT_PRESETS points elsewhere (the tests use it, so they never touch the shipped file)
+PRESETS_PATH = os.environ.get("RFT_PRESETS", os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets.json"))
+
+
+def load_presets() -> dict:
+    """{env: {algo: {flag: value}}}: the hyperparameters chosen on validation episodes by
+    benchmark/tune.py (see benchmark/results/tune/), used as the scripts' defaults for that env."""
+    if not os.path.exists(PRESETS_PATH):
+        return {}
+    with open(PRESETS_PATH) as f:
+        return json.load(f)
 
 
 def cli(main, args_type) -> None:
     """Parse the flags with tyro and run main; bad input (a missing file, a flag out of range, a NaN
-    loss) ends with one line that names the fix instead of a traceback."""
+    loss) ends with one line that names the fix instead of a traceback. On the command line the
+    defaults are the env's presets (common/presets.json) unless --no-presets; any flag overrides them."""
+    import sys
+
     import tyro
 
-    args = tyro.cli(args_type)
+    algo = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    env = FinetuneArgs.env
+    for i, tok in enumerate(sys.argv[1:], 1):  # the env picks the presets, so find it before parsing
+        if tok.startswith("--env="):
+            env = tok.split("=", 1)[1]
+        elif tok == "--env" and i + 1 < len(sys.argv):
+            env = sys.argv[i + 1]
+    presets = load_presets()
+    default = args_type(env=env) if env in ENV_NAMES else args_type()
+    if "--no-presets" not in sys.argv:
+        fields = {f.name for f in dataclasses.fields(args_type)}
+        default = dataclasses.replace(default, **{k: v for k, v in presets.get(default.env, {}).get(algo, {}).items()
+                                                  if k in fields})
+    table = "; ".join(f"{e}: " + (", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in p[algo].items()) or "defaults")
+                      for e, p in presets.items() if algo in p)
+    doc = (sys.modules[main.__module__].__doc__ or "").strip().split("\n")[0]  # the script's one-line summary
+    args = tyro.cli(args_type, default=default,
+                    description=doc + (f"\n\nPer-env presets (common/presets.json, chosen on validation episodes by "
+                                       f"benchmark/tune.py), the defaults below for --env {default.env}: {table}"
+                                       if table else ""))
     try:
         main(args)
     except (FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def summarise(curve: list[dict], success: bool = False) -> dict:
+    """A task's zero-shot, selected, best and final scores from its evaluation curve (see the module
+    doc). Selection looks only at the validation episodes; every reported number is a reporting score."""
+    key = (lambda c: (c["val_success"], c["val_return"])) if success else (lambda c: c["val_return"])
+    sel = max(curve[1:], key=key)
+    best = max(curve[1:], key=lambda c: (c["success"], c["return"]) if success else c["return"])
+    out = {"zero_shot": curve[0]["return"], "selected": sel["return"], "best": best["return"],
+           "final": curve[-1]["return"], "selected_step": sel["step"], "selected_val": sel["val_return"],
+           "curve": curve}
+    if success:
+        out.update(zero_shot_success=curve[0]["success"], selected_success=sel["success"],
+                   best_success=best["success"], final_success=curve[-1]["success"])
+    return out
+
+
+def critic_warmup_steps(requested: int, total_steps: int) -> int:
+    """Critic-only warm-up updates: -1 means as many as the run has policy steps (capped at 1000), so a
+    smoke run does not spend minutes warming a critic it uses for four steps."""
+    return min(total_steps, 1000) if requested < 0 else requested
+
+
+def warm_up_critic(critic, opt, inputs: tuple, target: torch.Tensor, steps: int, batch_size: int,
+                   rng: np.random.Generator) -> float:
+    """Regress every output of critic(*inputs[j]) onto target[j] (Monte-Carlo returns of the data) for
+    `steps` minibatches of `batch_size` random rows, so that bootstrapping starts on the value scale
+    instead of from a random network. critic returns a tensor or a tuple of them (twin Qs). Returns
+    the last loss."""
+    loss = torch.zeros(())
+    for _ in range(steps):
+        j = torch.as_tensor(rng.integers(0, len(target), batch_size), device=target.device)
+        out = critic(*(x[j] for x in inputs))
+        loss = sum(((q.reshape(-1) - target[j]) ** 2).mean() for q in (out if isinstance(out, tuple) else (out,)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(loss.detach()) if steps else float("nan")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -163,8 +242,16 @@ class Run:
         next_states and terminals for critics, and traj, the trajectory of each window)."""
         b = sample_windows(self.data[task]["packed"], self.model.cfg.K, self.args.batch_size, rng)
         return {k: torch.as_tensor(v, device=self.device,
-                                   dtype=torch.long if k in ("timesteps", "traj", "window") else torch.float32)
+                                   dtype=torch.long if k in ("timesteps", "traj", "window", "index") else torch.float32)
                 for k, v in b.items()}
+
+    def discounted_returns(self, task: int, gamma: float) -> torch.Tensor:
+        """Monte-Carlo discounted return-to-go of every step of the task's data (flat, as packed): the
+        behaviour policy's Q(s, a) and V(s), the critics' warm-up target (as in QT, which regresses
+        its critic on the data's returns before bootstrapping). A timeout's tail is not bootstrapped."""
+        trajs = self.data[task]["trajs"]
+        g = np.concatenate([returns_to_go(t["rewards"], gamma) for t in trajs])
+        return torch.as_tensor(g, dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
     def window_table(self, policy, task: int, last_only: bool = False, batch_size: int = 256) -> torch.Tensor:
@@ -191,12 +278,14 @@ class Run:
         was_training = policy.training
         policy.eval()
         act = lambda s, a, r, t, m: policy(s, a, r, t, m, last_only=True)  # noqa: E731
-        ev = evaluate(act, self.args.env, [task], self.args.eval_episodes, [self.data[task]["target"]],
-                      self.model.cfg.K, self.device)
+        n, target = self.args.eval_episodes, self.data[task]["target"]
+        # reporting and validation episodes stepped together: one model call per env step for both
+        ev = evaluate(act, self.args.env, [task, task], n, [target, target], self.model.cfg.K, self.device,
+                      seeds=[eval_seeds(task, n, "test"), eval_seeds(task, n, "val")])
         policy.train(was_training)
-        out = {"return": float(ev["returns"].mean())}
+        out = {"return": float(ev["returns"][0].mean()), "val_return": float(ev["returns"][1].mean())}
         if self.args.env == "metaworld":
-            out["success"] = float(ev["success"].mean())
+            out.update(success=float(ev["success"][0].mean()), val_success=float(ev["success"][1].mean()))
         return out
 
     def check(self, loss: torch.Tensor, step: int, task: int) -> float:
@@ -230,34 +319,32 @@ class Run:
 
                     wandb.log({f"task_{task}/{k}": v for k, v in curve[-1].items() if k != "step"})
                 t0 = time.perf_counter()
-        key = "success" if a.env == "metaworld" else "return"
-        best = max(curve[1:], key=lambda c: c[key])
-        self.results.append({"task": task, "zero_shot": curve[0]["return"], "best": best["return"],
-                             "final": curve[-1]["return"], "curve": curve,
-                             **({"zero_shot_success": curve[0]["success"], "best_success": best["success"],
-                                 "final_success": curve[-1]["success"]} if a.env == "metaworld" else {})})
+        self.results.append(summarise(curve, a.env == "metaworld") | {"task": task})
 
     def finish(self) -> dict:
         a = self.args
         mean = lambda k: float(np.mean([r[k] for r in self.results]))  # noqa: E731
         res = {"algo": self.algo, "config": {**dataclasses.asdict(a), "algo": self.algo, "lr": self.lr},
-               "zero_shot": mean("zero_shot"), "best": mean("best"), "final": mean("final"),
+               "zero_shot": mean("zero_shot"), "selected": mean("selected"), "best": mean("best"),
+               "final": mean("final"), "selected_val": mean("selected_val"),
                "tasks": self.results, "wall_time_s": time.perf_counter() - self.t0,
                "train_time_s": self.step_time, "trainable_params": self.trainable[0],
                "trainable_bytes": self.trainable[1],
                "model": {"n_layer": self.model.cfg.n_layer, "n_embd": self.model.cfg.n_embd,
                          "n_head": self.model.cfg.n_head, "params": num_params(self.model)}}
         if a.env == "metaworld":
-            res.update({k: mean(k) for k in ("zero_shot_success", "best_success", "final_success")})
+            res.update({k: mean(k) for k in ("zero_shot_success", "selected_success", "best_success",
+                                             "final_success")})
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with open(self.path + ".tmp", "w") as f:
             json.dump(res, f, indent=1)
         os.replace(self.path + ".tmp", self.path)
-        print(f"{self.name}: zero-shot {res['zero_shot']:.1f}, best {res['best']:.1f}, final {res['final']:.1f} "
+        print(f"{self.name}: zero-shot {res['zero_shot']:.1f}, selected {res['selected']:.1f}, "
+              f"best {res['best']:.1f}, final {res['final']:.1f} "
               f"({res['wall_time_s'] / 60:.1f} min) -> {self.path}")
         if a.track:
             import wandb
 
-            wandb.log({"zero_shot": res["zero_shot"], "best": res["best"], "final": res["final"]})
+            wandb.log({k: res[k] for k in ("zero_shot", "selected", "best", "final")})
             wandb.finish()
         return res

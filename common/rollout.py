@@ -2,7 +2,9 @@
 
 Conventions, shared by pretraining and every finetuning script so that their numbers compare:
 - Eval seeds are fixed: episode i of task j resets with seed EVAL_SEED + 10_000 j + i (disjoint from
-  the dataset seeds), so every algorithm meets the same initial states and MetaWorld goals.
+  the dataset seeds), so every algorithm meets the same initial states and MetaWorld goals. These
+  are the *reporting* episodes. *Validation* episodes (VAL_SEED + 10_000 j + i, disjoint from both)
+  choose checkpoints and hyperparameters, so that no reported number is the maximum of itself.
 - The prompt of a task is the last K* steps of the first trajectory of its finetuning set, and the
   target return-to-go of every episode of a task is the best return in that set (the agent only uses
   the few-shot data it is given). After each step the return-to-go drops by the reward, as in DT.
@@ -18,11 +20,15 @@ import torch
 from common.data import trajectory_prompt
 from common.envs import VecEnv, spec
 
-EVAL_SEED = 9_000_000
+EVAL_SEED = 9_000_000  # reporting episodes
+VAL_SEED = 8_000_000  # validation episodes: selection only
 
 
-def eval_seeds(task: int, episodes: int) -> np.ndarray:
-    return EVAL_SEED + 10_000 * task + np.arange(episodes)
+def eval_seeds(task: int, episodes: int, split: str = "test") -> np.ndarray:
+    """Reset seeds of a task's evaluation episodes; split "test" (reported) or "val" (selection)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"unknown eval split {split!r}; choose test or val")
+    return (EVAL_SEED if split == "test" else VAL_SEED) + 10_000 * task + np.arange(episodes)
 
 
 def task_prompt_and_target(trajs: list[dict], prompt_len: int) -> tuple[dict, float]:
@@ -33,12 +39,13 @@ def task_prompt_and_target(trajs: list[dict], prompt_len: int) -> tuple[dict, fl
 
 
 @torch.no_grad()
-def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="cpu") -> dict:
+def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="cpu", seeds=None) -> dict:
     """Run `episodes` episodes of every task in `tasks` at once.
 
     act(states, actions, rtg, timesteps, mask) -> (B, act_dim) gets the last K steps of all
     B = len(tasks) * episodes envs (row r is task tasks[r // episodes]) and returns their actions.
-    targets: the target return-to-go of each task. Returns per-task arrays (tasks, episodes) of
+    targets: the target return-to-go of each task. seeds: (tasks, episodes) reset seeds (default: the
+    reporting seeds, eval_seeds(task, episodes)). Returns per-task arrays (tasks, episodes) of
     `returns`, `success` and `lengths`, plus `time_s`.
     """
     sp = spec(env_name)
@@ -47,7 +54,9 @@ def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="
     envs = VecEnv(env_name, B)
     t0 = time.perf_counter()  # time_s: the episodes, not building the envs
     row_task = np.repeat(tasks, episodes)
-    obs = envs.reset(row_task, np.concatenate([eval_seeds(t, episodes) for t in tasks]))
+    if seeds is None:
+        seeds = [eval_seeds(t, episodes) for t in tasks]
+    obs = envs.reset(row_task, np.concatenate([np.asarray(x).reshape(episodes) for x in seeds]))
     f32 = dict(dtype=torch.float32, device=device)
     # histories with K - 1 steps of zero padding in front: the window of step t is the view
     # [t, t + K), already left-padded (mask 0) for t < K - 1

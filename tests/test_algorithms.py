@@ -67,46 +67,98 @@ def test_dpo_log_ratio_algebra():
     assert dpo_loss(mu, ref, a, a_bar, torch.ones(1, 1), beta, std).item() == pytest.approx(math.log1p(math.exp(-logit)), rel=1e-5)
     # equivalently beta (a - a_bar).(mu - ref) / std^2
     assert logit == pytest.approx(beta * float(((a - a_bar) * (mu - ref)).sum()) / std ** 2)
-    # at the reference the loss is log 2, and the rejected action lies between a and the reference side
+    # at the reference the loss is log 2
     assert dpo_loss(ref, ref, a, a_bar, torch.ones(1, 1), beta, std).item() == pytest.approx(math.log(2))
+    assert torch.equal(rejected_actions(mu), mu) and not rejected_actions(mu.requires_grad_()).requires_grad
+
+
+def dpo_grad(mu, ref, a, beta=0.5, std=0.3):
+    from dpo import dpo_loss, rejected_actions
+    mu = mu.clone().requires_grad_()
+    dpo_loss(mu, ref, a, rejected_actions(mu), torch.ones(mu.shape[:2]), beta, std).backward()
+    return mu.grad
+
+
+def test_dpo_rests_on_the_data_and_steps_towards_it():
+    """With the policy's own action as the rejected one, DPO's gradient vanishes when the policy sits
+    on the data (whatever the reference), and a gradient step moves the policy towards the data."""
     torch.manual_seed(0)
-    a = torch.zeros(1000, 1, 2)
-    r = torch.tensor([0.5, -0.5]).expand(1000, 1, 2)
-    ab = rejected_actions(a, r, 0.2)
-    assert (ab[..., 0] >= 0).all() and (ab[..., 1] <= 0).all() and (ab != 0).all()
+    a = torch.rand(8, 3, 4) * 2 - 1
+    ref = a + 0.05 * torch.randn(8, 3, 4)  # the pretrained policy errs by a few hundredths, as on our data
+    assert dpo_grad(a, ref, a).abs().max().item() == 0.0
+    assert dpo_grad(a, ref, a, beta=0.1, std=0.1).abs().max().item() == 0.0
+    mu = ref.clone()
+    for _ in range(100):  # plain gradient descent, beta 0.5 and std 0.1
+        mu = mu - 0.05 * dpo_grad(mu, ref, a, std=0.1)  # (the loss averages over the 24 steps)
+    assert (mu - a).norm() < 0.05 * (ref - a).norm()
+    # the step is an imitation step: along a - mu, weighted by sigmoid(-beta logit) in (0, 1)
+    mu = ref + 0.3 * (a - ref)
+    g = dpo_grad(mu, ref, a)
+    cos = torch.nn.functional.cosine_similarity(-g.flatten(), (a - mu).flatten(), dim=0)
+    assert cos.item() > 0.99
 
 
-def test_grpo_group_advantages_clipping_and_kl_estimator():
-    from grpo import group_advantages, grpo_loss, kl_estimator
+def test_grpo_group_advantages_clipping_and_exact_kl():
+    from grpo import gaussian_kl, gaussian_logp, group_advantages, grpo_loss
     np.testing.assert_allclose(group_advantages(np.array([1.0, 2.0, 3.0])), [-1.224744871, 0.0, 1.224744871], rtol=1e-6)
-    # eq. 7: r - log r - 1 with r = pi_ref / pi
-    assert kl_estimator(torch.tensor(0.0), torch.tensor(math.log(2.0))).item() == pytest.approx(2 - math.log(2) - 1)
-    assert kl_estimator(torch.tensor(1.3), torch.tensor(1.3)).item() == 0.0
+    assert np.all(group_advantages(np.full(5, 3.7)) == 0)  # equal returns: no advantage at all
+    # the KL term equals the closed form of KL(N(mu, std^2) || N(mu_ref, std^2)) from torch.distributions
+    mu, ref, std = torch.tensor([[0.3, -0.2, 0.5]]), torch.tensor([[0.1, 0.1, -0.4]]), 0.3
+    exact = torch.distributions.kl_divergence(torch.distributions.Normal(mu, std), torch.distributions.Normal(ref, std)).sum(-1)
+    torch.testing.assert_close(gaussian_kl(mu, ref, std), exact)
+    assert gaussian_kl(mu, ref, std).item() == pytest.approx((0.04 + 0.09 + 0.81) / (2 * 0.09))
     # ratio e^0.5 = 1.65 with A = +1 is clipped to 1.2; with A = -1 the unclipped -1.65 is kept (min)
     logp, old = torch.tensor([[0.5, 0.5]]), torch.zeros(1, 2)
-    adv = torch.tensor([[1.0, -1.0]])
-    loss = grpo_loss(logp, old, logp, adv, torch.ones(1, 2), clip_eps=0.2, beta=0.1)  # KL 0 at the reference
+    adv, ones = torch.tensor([[1.0, -1.0]]), torch.ones(1, 2)
+    loss = grpo_loss(logp, old, adv, torch.zeros(1, 2), ones, clip_eps=0.2, beta=0.1, bc_weight=0.0)
     assert loss.item() == pytest.approx(-(1.2 - math.exp(0.5)) / 2)
-    loss_kl = grpo_loss(logp, old, logp + math.log(2.0), adv, torch.ones(1, 2), clip_eps=0.2, beta=0.1)
-    assert loss_kl.item() == pytest.approx(loss.item() + 0.1 * (1 - math.log(2)))
+    kl = torch.tensor([[0.3, 0.5]])
+    assert grpo_loss(logp, old, adv, kl, ones, 0.2, 0.1, 0.0).item() == pytest.approx(loss.item() + 0.1 * 0.4)
+    # the anchor adds -bc_weight * mean log pi(a)
+    assert grpo_loss(logp, old, adv, kl, ones, 0.2, 0.1, 2.0).item() == pytest.approx(loss.item() + 0.04 - 2 * 0.5)
 
 
-def test_ppo_gae_and_clipped_surrogate():
-    from ppo import gae, ppo_loss
-    r = np.array([1.0, 2.0, 3.0, 1.0])
-    v = np.array([0.5, 0.5, 0.5, 0.5])
-    v_next = np.array([0.5, 0.5, 9.0, 0.5])  # two trajectories: steps 0-2 (a timeout at 2) and step 3 (terminal)
-    term = np.array([0.0, 0.0, 0.0, 1.0])
-    has_next = np.array([1.0, 1.0, 0.0, 0.0])
-    g, lam = 0.9, 0.5
-    d = [1 + 0.45 - 0.5, 2 + 0.45 - 0.5, 3 + 8.1 - 0.5, 1 - 0.5]
-    a2 = d[2]
-    a1 = d[1] + g * lam * a2
-    a0 = d[0] + g * lam * a1
-    np.testing.assert_allclose(gae(r, v, v_next, term, has_next, g, lam), [a0, a1, a2, d[3]])
-    logp, old = torch.tensor([[-0.5]]), torch.zeros(1, 1)  # ratio 0.61 < 0.8 with A > 0: clipped at 0.8
-    assert ppo_loss(logp, old, torch.ones(1, 1), torch.ones(1, 1), 0.2).item() == pytest.approx(-math.exp(-0.5))
-    assert ppo_loss(logp, old, -torch.ones(1, 1), torch.ones(1, 1), 0.2).item() == pytest.approx(0.8)
+def surrogate_grad(loss_fn, mu, a, mu_old, adv, std=0.1):
+    """d loss / d mu for a Gaussian policy with pi_old at mu_old."""
+    from grpo import gaussian_logp
+    mu = mu.clone().requires_grad_()
+    loss_fn(gaussian_logp(a, mu, std), gaussian_logp(a, mu_old, std).detach(), adv, mu).backward()
+    return mu.grad
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_the_surrogates_rest_where_they_should_and_the_clip_binds(algo):
+    """Equal advantages leave mu where it is (without the anchor); the anchor alone pulls mu onto the
+    data; a negative advantage pushes mu off the data only until the ratio leaves the clip range (then
+    the gradient is zero), i.e. after the first epoch of an iteration the clip binds."""
+    from grpo import gaussian_kl, grpo_loss
+    from ppo import ppo_loss
+    ones = torch.ones(6, 1)
+
+    def loss(bc, beta=0.0, ref=None):
+        if algo == "grpo":
+            return lambda lp, lo, A, mu: grpo_loss(lp, lo, A, gaussian_kl(mu, ref if ref is not None else mu.detach(), 0.1),
+                                                   ones, 0.2, beta, bc)
+        return lambda lp, lo, A, mu: ppo_loss(lp, lo, A, ones, 0.2, bc)
+
+    torch.manual_seed(1)
+    a, mu = torch.rand(6, 1, 4) * 2 - 1, torch.rand(6, 1, 4) * 2 - 1
+    zero = torch.zeros(6, 1)
+    assert surrogate_grad(loss(0.0), mu, a, mu, zero).abs().max().item() == 0.0
+    g = surrogate_grad(loss(1.0), mu, a, mu, zero)
+    assert torch.nn.functional.cosine_similarity(-g.flatten(), (a - mu).flatten(), dim=0).item() > 0.999
+    assert surrogate_grad(loss(1.0), a, a, a, zero).abs().max().item() == 0.0  # the anchor rests on the data
+    # a negative advantage: inside the clip range it pushes mu away from a; once pi(a)/pi_old(a) < 1 - eps
+    # (mu moved away by one epoch's step) its gradient is exactly zero
+    neg = -torch.ones(6, 1)
+    g_in = surrogate_grad(loss(0.0), a + 0.001, a, a + 0.001, neg)
+    assert (g_in * 0.001).sum() < 0  # descent moves mu further from a
+    far = a + 0.05  # |a - mu|^2 / (2 std^2) = 4 * 0.0025 / 0.02 = 0.5 nats: ratio e^-0.5 < 0.8
+    assert surrogate_grad(loss(0.0), far, a, a, neg).abs().max().item() == 0.0
+    if algo == "grpo":  # with A = 0 the anchor and the KL meet between the data and the reference
+        ref = torch.rand(6, 1, 4) * 2 - 1
+        rest = (2.0 * a + 0.5 * ref) / 2.5
+        assert surrogate_grad(loss(2.0, beta=0.5, ref=ref), rest, a, rest, zero).abs().max().item() < 1e-3
 
 
 def test_cql_regulariser_value_and_sign():
@@ -239,7 +291,8 @@ def test_the_qp_scripts_are_their_base_plus_the_critic_and_the_q_term(base, qp):
         return src[src.index('"""', 3) + 3:].splitlines()  # without the module docstring
     qp_lines = set(code(qp))
     missing = [l for l in code(base) if l.strip() and l not in qp_lines]
-    allowed = ("    run = Run(", "            loss = ", "            return {", '    """SFT has no hyperparameters')
+    allowed = ("    run = Run(", "            loss = ", "            return {", "from common.finetune import",
+               '    """SFT has no hyperparameters')
     assert all(l.startswith(allowed) for l in missing), missing
     assert len(code(qp)) - len(code(base)) < 110  # the critic, its update and the Q term, nothing else
 
