@@ -49,7 +49,7 @@ def points(algo: str) -> list[dict]:
 
 
 def run_name(algo: str, env: str, point: dict) -> str:
-    return f"tune_{algo}_{env}_" + "_".join(f"{k}{v:g}" for k, v in point.items())
+    return f"tune_{algo}_{env}_" + ("_".join(f"{k}{v:g}" for k, v in point.items()) or "defaults")
 
 
 def command(algo: str, env: str, point: dict, args) -> str:
