@@ -115,7 +115,9 @@ def main(args: Args) -> dict:
                        args.critic_batch, rng)
         critic_target.load_state_dict(critic.state_dict())
 
-        def update(b: dict, step: int) -> dict:
+        curve = run.zero_shot(policy, task)
+        for step in range(1, args.total_steps + 1):
+            b = run.sample(task, rng)
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             s = norm(b["states"])
             # critic on --critic-batch random steps whose next step is in the window: a' = pi(s') there
@@ -139,10 +141,11 @@ def main(args: Args) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
-            return {"loss": run.check(loss, step, task), "bc": bc.item(), "td": td.item(), "cql_reg": reg.item(),
+            logs = {"loss": run.check(loss, step, task), "bc": bc.item(), "td": td.item(), "cql_reg": reg.item(),
                     "critic_loss": run.check(critic_loss, step, task)}
-
-        run.train(task, policy, update, rng)
+            if run.eval_due(step):
+                run.log(policy, task, step, curve, logs)
+        run.record(task, curve)
     return run.finish()
 
 

@@ -62,18 +62,21 @@ def main(args: Args) -> dict:
         opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
         ref_table = run.window_table(policy, task)  # pi_ref = the pretrained policy, before any update
 
-        def update(b: dict, step: int) -> dict:
-            ref = ref_table[b["window"]]
+        curve = run.zero_shot(policy, task)
+        for step in range(1, args.total_steps + 1):
+            b = run.sample(task, rng)
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
+            ref = ref_table[b["window"]]
             a_bar = rejected_actions(pred)
             loss = dpo_loss(pred, ref, b["actions"], a_bar, b["mask"], args.beta, args.policy_std)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
-            return {"loss": run.check(loss, step, task)}
-
-        run.train(task, policy, update, rng)
+            logs = {"loss": run.check(loss, step, task)}
+            if run.eval_due(step):
+                run.log(policy, task, step, curve, logs)
+        run.record(task, curve)
     return run.finish()
 
 

@@ -84,27 +84,25 @@ def main(args: Args) -> dict:
         ref_table = run.window_table(policy, task)  # pi_ref = the pretrained policy, before any update
         adv_table = torch.as_tensor(group_advantages(run.data[task]["returns"]), dtype=torch.float32,
                                     device=run.device)
-        held = {}
-
-        def update(b: dict, step: int) -> dict:
-            if (step - 1) % args.update_epochs == 0:  # a fresh batch and pi_old; else reuse the held ones
-                held.clear()
-                held["b"] = b
-            b = held["b"]
+        curve = run.zero_shot(policy, task)
+        for step in range(1, args.total_steps + 1):
+            if (step - 1) % args.update_epochs == 0:  # a fresh batch and pi_old; else the held ones
+                b, logp_old = run.sample(task, rng), None
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             logp = gaussian_logp(b["actions"], pred, args.policy_std)
-            if "logp_old" not in held:
-                held["logp_old"] = logp.detach()
+            if logp_old is None:
+                logp_old = logp.detach()
             kl = gaussian_kl(pred, ref_table[b["window"]], args.policy_std)
             adv = adv_table[b["traj"]][:, None].expand_as(logp)
-            loss = grpo_loss(logp, held["logp_old"], adv, kl, b["mask"], args.clip_eps, args.beta, args.bc_weight)
+            loss = grpo_loss(logp, logp_old, adv, kl, b["mask"], args.clip_eps, args.beta, args.bc_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
-            return {"loss": run.check(loss, step, task), "kl": masked_mean(kl, b["mask"]).item()}
-
-        run.train(task, policy, update, rng)
+            logs = {"loss": run.check(loss, step, task), "kl": masked_mean(kl, b["mask"]).item()}
+            if run.eval_due(step):
+                run.log(policy, task, step, curve, logs)
+        run.record(task, curve)
     return run.finish()
 
 

@@ -96,48 +96,48 @@ def main(args: Args) -> dict:
         critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
         p = run.data[task]["packed"]
         states, next_states = (torch.as_tensor(p[k], device=run.device) for k in ("states", "next_states"))
-        held = {}
 
-        def refresh() -> None:
+        def gae_tables() -> tuple[torch.Tensor, torch.Tensor]:
             """Advantages and lambda-return targets of every step of the dataset from the current V."""
             with torch.no_grad():
                 v = critic(norm(states)).squeeze(-1).cpu().numpy()
                 v_next = critic(norm(next_states)).squeeze(-1).cpu().numpy()
             a = gae(p["rewards"], v, v_next, p["terminals"], p["has_next"], args.gamma, args.gae_lambda)
-            held["adv"] = torch.as_tensor(a, dtype=torch.float32, device=run.device)
-            held["ret"] = torch.as_tensor(a + v, dtype=torch.float32, device=run.device)
+            f32 = dict(dtype=torch.float32, device=run.device)
+            return torch.as_tensor(a, **f32), torch.as_tensor(a + v, **f32)
 
         warm_up_critic(critic, critic_opt, (norm(states),), run.discounted_returns(task, args.gamma),
                        critic_warmup_steps(args.critic_warmup, args.total_steps), 256, rng)
-        refresh()
+        adv_all, ret_all = gae_tables()
 
-        def update(b: dict, step: int) -> dict:
+        curve = run.zero_shot(policy, task)
+        for step in range(1, args.total_steps + 1):
             if step % args.gae_every == 0:
-                refresh()
+                adv_all, ret_all = gae_tables()
             if (step - 1) % args.update_epochs == 0:  # a fresh batch, its advantages and pi_old; else the held ones
-                adv, m = held["adv"][b["index"]], b["mask"].bool()
-                held["b"], held["logp_old"] = b, None
-                held["adv_b"] = (adv - adv[m].mean()) / (adv[m].std() + 1e-8)  # normalised per batch, as in PPO
-            b, adv = held["b"], held["adv_b"]
+                b, logp_old = run.sample(task, rng), None
+                adv, m = adv_all[b["index"]], b["mask"].bool()
+                adv = (adv - adv[m].mean()) / (adv[m].std() + 1e-8)  # normalised per batch, as in PPO
             # critic: regression onto the lambda-returns
             v = critic(norm(b["states"])).squeeze(-1)
-            critic_loss = masked_mean((v - held["ret"][b["index"]]) ** 2, b["mask"])
+            critic_loss = masked_mean((v - ret_all[b["index"]]) ** 2, b["mask"])
             critic_opt.zero_grad(set_to_none=True)
             critic_loss.backward()
             critic_opt.step()
             # policy (eq. 9)
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             logp = gaussian_logp(b["actions"], pred, args.policy_std)
-            if held["logp_old"] is None:
-                held["logp_old"] = logp.detach()
-            loss = ppo_loss(logp, held["logp_old"], adv, b["mask"], args.clip_eps, args.bc_weight)
+            if logp_old is None:
+                logp_old = logp.detach()
+            loss = ppo_loss(logp, logp_old, adv, b["mask"], args.clip_eps, args.bc_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
-            return {"loss": run.check(loss, step, task), "critic_loss": run.check(critic_loss, step, task)}
-
-        run.train(task, policy, update, rng)
+            logs = {"loss": run.check(loss, step, task), "critic_loss": run.check(critic_loss, step, task)}
+            if run.eval_due(step):
+                run.log(policy, task, step, curve, logs)
+        run.record(task, curve)
     return run.finish()
 
 

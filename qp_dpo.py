@@ -132,7 +132,9 @@ def main(args: Args) -> dict:
                        args.critic_batch, rng)
         critic_target = copy.deepcopy(critic).requires_grad_(False)
 
-        def update(b: dict, step: int) -> dict:
+        curve = run.zero_shot(policy, task)
+        for step in range(1, args.total_steps + 1):
+            b = run.sample(task, rng)
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             # critic (eqs. 15-16) on --critic-batch random steps whose next step is in the window (or that
             # end the episode): a^ = pi_theta'(s') is the policy's own action there, detached
@@ -167,10 +169,11 @@ def main(args: Args) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
-            return {"loss": run.check(loss, step, task), "dpo": pref.item(), "q": q.item(),
+            logs = {"loss": run.check(loss, step, task), "dpo": pref.item(), "q": q.item(),
                     "critic_loss": run.check(critic_loss, step, task)}
-
-        run.train(task, policy, update, rng)
+            if run.eval_due(step):
+                run.log(policy, task, step, curve, logs)
+        run.record(task, curve)
     return run.finish()
 
 

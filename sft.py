@@ -4,8 +4,8 @@
 
 Loss (paper eq. 3): the mean squared error between the policy's action and the data action, over
 every step of K-step windows of the task's --num-trajs trajectories. Each test task is adapted
-separately from the pretrained weights (common/finetune.py runs the loop, the evaluations and the
-result file).
+separately from the pretrained weights; common/finetune.py holds the plain helpers (data, sampling,
+evaluation, the result file) that this loop calls.
 """
 from __future__ import annotations
 
@@ -33,16 +33,19 @@ def main(args: Args) -> dict:
         policy = run.policy(task).train()
         opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
 
-        def update(b: dict, step: int) -> dict:
+        curve = run.zero_shot(policy, task)
+        for step in range(1, args.total_steps + 1):
+            b = run.sample(task, rng)
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             loss = sft_loss(pred, b["actions"], b["mask"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
-            return {"loss": run.check(loss, step, task)}
-
-        run.train(task, policy, update, rng)
+            logs = {"loss": run.check(loss, step, task)}
+            if run.eval_due(step):
+                run.log(policy, task, step, curve, logs)
+        run.record(task, curve)
     return run.finish()
 
 

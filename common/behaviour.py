@@ -11,7 +11,7 @@ MetaWorld: metaworld's scripted policies, fed the goal-visible observation.
 
 Medium regime (all families): the expert acting, at every step with probability eps, uniformly at
 random; eps is calibrated per task by bisection so that the normalised score
-(R - R_random) / (R_expert - R_random) lands in [1/3, 1/2] (PROTOCOL.md).
+(R - R_random) / (R_expert - R_random) lands in [1/3, 1/2] (docs/protocol.md).
 """
 from __future__ import annotations
 

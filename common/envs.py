@@ -1,4 +1,4 @@
-"""The four meta-RL environment families of PROTOCOL.md, their fixed task lists, and a batched stepper.
+"""The four meta-RL environment families of docs/protocol.md, their fixed task lists, and a batched stepper.
 
 A *task* is an integer index into a family's fixed task list (`spec(env).params`); the agent never
 sees the task parameter, it has to infer the task from the trajectory prompt. Task parameters and

@@ -1,8 +1,8 @@
-"""Run bookkeeping shared by the seven finetuning scripts: the core flags, per-task data and policy,
-evaluation, and the result file. What makes an algorithm (its loss, critic and update) is in its
-own script; this file only does what every one of them does identically.
+"""Plain helpers shared by the seven finetuning scripts: the core flags, per-task data and policy,
+batch sampling, evaluation, recording a task and writing the result file. Each script holds its own
+loss, critic and training loop and calls these; nothing here calls back into a script.
 
-Protocol (PROTOCOL.md): for every test task, start from the pretrained model, finetune on the
+Protocol (docs/protocol.md): for every test task, start from the pretrained model, finetune on the
 task's first --num-trajs trajectories, evaluate zero-shot and every --eval-every steps on two fixed
 sets of episodes: validation episodes and reporting episodes (disjoint reset seeds, common/rollout.py).
 Reported, all on the reporting episodes: zero-shot; selected (the checkpoint after finetuning began
@@ -296,30 +296,37 @@ class Run:
                                      f"Lower --lr or check the data")
         return v
 
-    def train(self, task: int, policy: TunedPolicy, update, rng: np.random.Generator) -> None:
-        """The loop every algorithm shares: zero-shot eval, then `update(batch, step) -> dict of
-        logged floats` --total-steps times, evaluating every --eval-every steps."""
-        a = self.args
+    def zero_shot(self, policy: TunedPolicy, task: int) -> list[dict]:
+        """Evaluate the untouched policy: the task's curve starts with it, and its training clock starts."""
         curve = [{"step": 0, **self.evaluate(policy, task)}]
         print(f"task {task}: zero-shot return {curve[0]['return']:.1f}")
-        t0, logs = time.perf_counter(), {}
-        for step in range(1, a.total_steps + 1):
-            logs = update(self.sample(task, rng), step)
-            if step % a.eval_every == 0 or step == a.total_steps:
-                self.step_time += time.perf_counter() - t0
-                curve.append({"step": step, **self.evaluate(policy, task), **logs})
-                done = len(self.results) * a.total_steps + step  # steps of all tasks so far
-                sps = done / self.step_time if self.step_time else 0
-                left = len(self.tasks) * a.total_steps - done
-                print(f"task {task} step {step}/{a.total_steps}: return {curve[-1]['return']:.1f} "
-                      + " ".join(f"{k} {v:.4g}" for k, v in logs.items())
-                      + f" | {sps:.1f} steps/s, ETA {left / max(sps, 1e-9) / 60:.1f} min", flush=True)
-                if a.track:
-                    import wandb
+        self._clock = time.perf_counter()
+        return curve
 
-                    wandb.log({f"task_{task}/{k}": v for k, v in curve[-1].items() if k != "step"})
-                t0 = time.perf_counter()
-        self.results.append(summarise(curve, a.env == "metaworld") | {"task": task})
+    def eval_due(self, step: int) -> bool:
+        return step % self.args.eval_every == 0 or step == self.args.total_steps
+
+    def log(self, policy: TunedPolicy, task: int, step: int, curve: list[dict], logs: dict) -> None:
+        """At an evaluation step: evaluate, append to the curve with the logged floats, print a progress
+        line (steps/s over the training time only, ETA) and send it to wandb with --track."""
+        a = self.args
+        self.step_time += time.perf_counter() - self._clock
+        curve.append({"step": step, **self.evaluate(policy, task), **logs})
+        done = len(self.results) * a.total_steps + step  # steps of all tasks so far
+        sps = done / self.step_time if self.step_time else 0
+        left = len(self.tasks) * a.total_steps - done
+        print(f"task {task} step {step}/{a.total_steps}: return {curve[-1]['return']:.1f} "
+              + " ".join(f"{k} {v:.4g}" for k, v in logs.items())
+              + f" | {sps:.1f} steps/s, ETA {left / max(sps, 1e-9) / 60:.1f} min", flush=True)
+        if a.track:
+            import wandb
+
+            wandb.log({f"task_{task}/{k}": v for k, v in curve[-1].items() if k != "step"})
+        self._clock = time.perf_counter()
+
+    def record(self, task: int, curve: list[dict]) -> None:
+        """A finished task's zero-shot, selected, best and final scores (see the module doc)."""
+        self.results.append(summarise(curve, self.args.env == "metaworld") | {"task": task})
 
     def finish(self) -> dict:
         a = self.args

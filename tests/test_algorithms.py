@@ -216,11 +216,14 @@ def test_every_script_runs_with_every_tuning_and_writes_a_valid_result(setup, al
         with open(path) as f:
             saved = json.load(f)
         assert saved["best"] == res["best"]
-        for k in ("config", "zero_shot", "best", "final", "tasks", "wall_time_s", "trainable_params", "trainable_bytes"):
+        for k in ("config", "zero_shot", "selected", "best", "final", "tasks", "wall_time_s", "trainable_params",
+                  "trainable_bytes"):
             assert k in saved, k
         (t,) = saved["tasks"]
         assert t["task"] == TASK and [c["step"] for c in t["curve"]] == [0, 2, 4]
         assert t["best"] == max(c["return"] for c in t["curve"][1:]) and t["final"] == t["curve"][-1]["return"]
+        sel = max(t["curve"][1:], key=lambda c: c["val_return"])  # chosen on validation, scored on reporting
+        assert t["selected"] == sel["return"] and t["selected_step"] == sel["step"]
         assert saved["config"]["tuning"] == tuning and saved["config"]["algo"] == algo
         assert saved["trainable_bytes"] == 4 * saved["trainable_params"] > 0
         # zero-shot is the pretrained policy: the same for every algorithm and tuning
@@ -291,7 +294,7 @@ def test_the_qp_scripts_are_their_base_plus_the_critic_and_the_q_term(base, qp):
         return src[src.index('"""', 3) + 3:].splitlines()  # without the module docstring
     qp_lines = set(code(qp))
     missing = [l for l in code(base) if l.strip() and l not in qp_lines]
-    allowed = ("    run = Run(", "            loss = ", "            return {", "from common.finetune import",
+    allowed = ("    run = Run(", "            loss = ", "            logs = {", "from common.finetune import",
                '    """SFT has no hyperparameters')
     assert all(l.startswith(allowed) for l in missing), missing
     assert len(code(qp)) - len(code(base)) < 110  # the critic, its update and the Q term, nothing else
@@ -321,6 +324,7 @@ def test_window_tables_are_exact_lookups_of_the_policy_on_sampled_batches(setup)
         torch.testing.assert_close(table[b["window"]][m], out[m], rtol=1e-5, atol=1e-6)
         K = b["mask"].shape[1]
         flat = b["window"][:, None] - torch.arange(K - 1, -1, -1)[None]
+        torch.testing.assert_close(b["index"][m], flat[m])  # sample_windows' own flat index
         np.testing.assert_array_equal(b["states"][m].numpy(), p["states"][flat[m].numpy()])
         np.testing.assert_array_equal(b["next_states"][m].numpy(), p["next_states"][flat[m].numpy()])
         nxt = flat[m & (b["has_next"] > 0)] + 1
@@ -334,3 +338,62 @@ def test_track_logs_to_wandb_offline(setup, monkeypatch):
     run_algo(setup, "qp_sft", run_dir="tracked", track=True)
     runs = [d for d in os.listdir(setup / "wandb") if d.startswith("offline-run-")]
     assert runs and os.listdir(setup / "wandb" / runs[0])
+
+
+def test_selection_uses_validation_episodes_and_reports_reporting_ones():
+    from common.finetune import summarise
+    curve = [{"step": 0, "return": -50.0, "val_return": -40.0},
+             {"step": 10, "return": -30.0, "val_return": -45.0},   # best on the reporting episodes
+             {"step": 20, "return": -42.0, "val_return": -20.0},   # best on validation: selected
+             {"step": 30, "return": -44.0, "val_return": -35.0}]
+    s = summarise(curve)
+    assert (s["zero_shot"], s["selected"], s["best"], s["final"]) == (-50.0, -42.0, -30.0, -44.0)
+    assert s["selected_step"] == 20 and s["selected_val"] == -20.0
+    # MetaWorld: validation success first, then validation return
+    mw = [dict(c, success=float(i == 3), val_success=float(i in (1, 3))) for i, c in enumerate(curve)]
+    s = summarise(mw, success=True)
+    assert s["selected_step"] == 30 and s["selected_success"] == 1.0 and s["best_success"] == 1.0
+
+
+def test_critic_warm_up_scales_with_the_run_and_ranks_states_like_the_returns(setup):
+    """After the default warm-up, Q(data) orders the data's steps like their observed discounted
+    return-to-go (Spearman >= 0.8), so TD starts from the value scale."""
+    import qp_sft
+    from common.finetune import Run, critic_warmup_steps, warm_up_critic
+    assert critic_warmup_steps(-1, 4) == 4 and critic_warmup_steps(-1, 10_000) == 1000 and critic_warmup_steps(7, 4) == 7
+    args = qp_sft.Args(env=ENV, tasks=(TASK,), num_trajs=6, data_dir=str(setup / "data"), pretrained=str(setup / "pre.pt"))
+    run = Run(args, "qp_sft")
+    rng = run.seed(TASK)
+    p = run.data[TASK]["packed"]
+    m = run.model
+    s = (torch.as_tensor(p["states"]) - m.state_mean) / m.state_std
+    a, g = torch.as_tensor(p["actions"]), run.discounted_returns(TASK, 0.99)
+    assert g[0].item() == pytest.approx(sum(0.99 ** i * r for i, r in enumerate(p["rewards"][:30])), rel=1e-4)
+    critic = qp_sft.TwinQ(s.shape[1], a.shape[1])
+    opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+    with torch.no_grad():
+        before = np.corrcoef(rank(critic(s, a)[0].numpy()), rank(g.numpy()))[0, 1]
+    warm_up_critic(critic, opt, (s, a), g, critic_warmup_steps(-1, args.total_steps), args.critic_batch, rng)
+    with torch.no_grad():
+        q1, q2 = critic(s, a)
+    for q in (q1, q2):
+        assert np.corrcoef(rank(q.numpy()), rank(g.numpy()))[0, 1] >= 0.8 > abs(before)
+
+
+def test_presets_are_the_command_line_defaults_and_flags_override_them(setup, tmp_path):
+    presets = tmp_path / "presets.json"
+    presets.write_text(json.dumps({ENV: {"qp_sft": {"alpha": 0.5, "critic_batch": 32}}}))
+    common = ["--env", ENV, "--tasks", str(TASK), "--num-trajs", "4", "--total-steps", "2", "--eval-every", "2",
+              "--eval-episodes", "1", "--batch-size", "4", "--data-dir", str(setup / "data"),
+              "--pretrained", str(setup / "pre.pt"), "--run-dir", str(tmp_path / "runs"), "--threads", "1"]
+    env = {**os.environ, "RFT_PRESETS": str(presets)}
+    run = lambda *extra: subprocess.run([sys.executable, "qp_sft.py", *common, *extra], cwd=ROOT, env=env,  # noqa: E731
+                                        capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "qp_sft.py", "--env", ENV, "--help"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert "--alpha 0.5" in out.stdout and "(default: 0.5)" in out.stdout
+    cfg = lambda name: json.load(open(tmp_path / "runs" / name / "result.json"))["config"]  # noqa: E731
+    assert run("--run-name", "a").returncode == 0 and (cfg("a")["alpha"], cfg("a")["critic_batch"]) == (0.5, 32)
+    assert run("--run-name", "b", "--alpha", "0.2").returncode == 0 and cfg("b")["alpha"] == 0.2
+    assert run("--run-name", "c", "--no-presets").returncode == 0 and cfg("c")["alpha"] == 0.1
