@@ -3,7 +3,7 @@
     python collect_data.py --env halfcheetahvel
 
 1. Behaviour policy: loaded from behaviour/<env>.pt (kept in git); trained only when that file is
-   missing or with --retrain (goal-relabelled SAC for locomotion, see common/behaviour.py;
+   missing or with --retrain (goal-relabelled SAC for locomotion, see behaviour_policy.py;
    metaworld's scripted policies need no training). The file also holds the per-task random and
    expert returns and the calibrated medium eps, so a fresh machine only does rollouts.
 2. Rollouts: --num-trajs trajectories per task and quality, one file per (task, quality), written
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import tyro
 
-from common.behaviour import (MEDIUM_BAND, Actor, Policy, calibrate_medium, calibration_seeds, policy_input_dim, rollout,
+from behaviour_policy import (MEDIUM_BAND, SACActor, BehaviourPolicy, calibrate_medium, calibration_seeds, policy_input_dim, behaviour_rollout,
                               train_sac)
 from common.data import QUALITIES, atomic_torch_save, dataset_path, load_trajectories, save_trajectories, tq_saco
 from common.envs import spec
@@ -88,7 +88,7 @@ def fingerprint(beh: dict) -> str:
     return h.hexdigest()[:12]
 
 
-def behaviour_policy(args: Args) -> tuple[Policy, dict]:
+def load_or_train_behaviour(args: Args) -> tuple[BehaviourPolicy, dict]:
     """Load (or train) the family's behaviour policy and make sure the tasks of this run are
     calibrated: per-task random and expert returns (the normaliser) and medium eps. Calibration is
     stored per task (NaN = not yet), so a subset run calibrates only what it needs."""
@@ -117,9 +117,9 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
             os.remove(ckpt)
     actor = None
     if beh["actor"] is not None:
-        actor = Actor(policy_input_dim(args.env), s.act_dim)
+        actor = SACActor(policy_input_dim(args.env), s.act_dim)
         actor.load_state_dict(beh["actor"])
-    policy = Policy(args.env, actor)
+    policy = BehaviourPolicy(args.env, actor)
     need = np.array([t for t in args.tasks if args.recalibrate or np.isnan(beh["medium_eps"][t])], dtype=int)
     if len(need):
         t0 = time.time()
@@ -132,8 +132,8 @@ def behaviour_policy(args: Args) -> tuple[Policy, dict]:
                 continue
             print(f"calibrating {len(group)} tasks x {k} episodes: random and expert returns, then medium eps")
             tasks, seeds = np.repeat(group, k), calibration_seeds(group, k)
-            beh["random_return"][group] = rollout(policy, tasks, seeds, 1.0, args.num_envs)[0].reshape(-1, k).mean(1)
-            beh["expert_return"][group] = rollout(policy, tasks, seeds, 0.0, args.num_envs)[0].reshape(-1, k).mean(1)
+            beh["random_return"][group] = behaviour_rollout(policy, tasks, seeds, 1.0, args.num_envs)[0].reshape(-1, k).mean(1)
+            beh["expert_return"][group] = behaviour_rollout(policy, tasks, seeds, 0.0, args.num_envs)[0].reshape(-1, k).mean(1)
             beh["medium_eps"][group] = calibrate_medium(policy, group, beh["random_return"][group],
                                                         beh["expert_return"][group], episodes=k, iters=args.calib_iters)
         # merge into the file as it is now: parallel workers calibrate disjoint tasks of the same policy
@@ -163,7 +163,7 @@ def run_workers(args: Args) -> None:
         raise SystemExit(f"error: worker(s) {failed} failed; rerun the same command to resume")
 
 
-def collect(args: Args, policy: Policy, beh: dict) -> None:
+def collect(args: Args, policy: BehaviourPolicy, beh: dict) -> None:
     s = spec(args.env)
     todo, bid = [], fingerprint(beh)
     for q in QUALITIES:
@@ -182,7 +182,7 @@ def collect(args: Args, policy: Policy, beh: dict) -> None:
     for k, (q, task) in enumerate(todo):
         eps = 0.0 if q == "expert" else float(beh["medium_eps"][task])
         seeds = SEED_BASE[q] + 10_000 * task + np.arange(args.num_trajs)
-        rets, succ, trajs = rollout(policy, np.full(args.num_trajs, task), seeds, eps, args.num_envs, record=True,
+        rets, succ, trajs = behaviour_rollout(policy, np.full(args.num_trajs, task), seeds, eps, args.num_envs, record=True,
                                     rng_seed=SEED_BASE[q] + task)
         save_trajectories(dataset_path(args.data_dir, args.env, q, task), trajs, env=args.env, task=task,
                           param=str(s.params[task]), quality=q, eps=eps, seeds=seeds, behaviour_id=bid,
@@ -251,11 +251,11 @@ if __name__ == "__main__":
         torch.set_num_threads(args.threads)
     start = time.time()
     if args.workers > 1:
-        behaviour_policy(dataclasses.replace(args, tasks=(), recalibrate=False))  # train once, before splitting
+        load_or_train_behaviour(dataclasses.replace(args, tasks=(), recalibrate=False))  # train once, before splitting
         run_workers(args)
-        policy, beh = behaviour_policy(dataclasses.replace(args, recalibrate=False))  # calibrated by now: loads
+        policy, beh = load_or_train_behaviour(dataclasses.replace(args, recalibrate=False))  # calibrated by now: loads
     else:
-        policy, beh = behaviour_policy(args)
+        policy, beh = load_or_train_behaviour(args)
         collect(args, policy, beh)
     if args.summary:
         summarise(args, beh)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from common.data import atomic_torch_save, load_trajectories, pack, sample_prompts, sample_windows, state_stats
 from common.envs import spec
-from common.finetune import cli
+from common.cli import run as cli
 from common.model import ModelConfig, PromptDT, default_checkpoint, num_params
 from common.rollout import evaluate, task_prompt_and_target
 

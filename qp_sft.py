@@ -89,7 +89,7 @@ def q_term(q: TwinQ, s: torch.Tensor, pi_s: torch.Tensor, mask: torch.Tensor) ->
 
 
 def main(args: Args) -> dict:
-    run = Run(args, "qp_sft", "_maxq" if args.max_target else "")
+    run = Run(args, "qp_sft")
     sp, model = run.sp, run.model
     norm = lambda s: (s - model.state_mean) / model.state_std  # noqa: E731
     for task in run.tasks:

@@ -24,41 +24,24 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-ALGOS = ["sft", "dpo", "grpo", "ppo", "cql", "qp_dpo", "qp_sft"]  # the paper's column order
+from common.envs import ENV_NAMES  # noqa: E402
+from common.finetune import ALGOS  # noqa: E402  (the paper's column order)
+from common.tuning import TUNINGS, format_bytes  # noqa: E402
+
 LABEL = {"sft": "SFT", "dpo": "DPO", "grpo": "GRPO", "ppo": "PPO", "cql": "CQL", "qp_dpo": "QP-DPO", "qp_sft": "QP-SFT"}
-TUNINGS = ["prompt", "lora", "decorator", "full"]
 TLABEL = {"prompt": "Prompt", "lora": "LoRA (adaptor)", "decorator": "Decorator", "full": "Full model"}
-ENVS = ["antdir", "halfcheetahdir", "halfcheetahvel", "metaworld"]  # the paper's row order
+ENVS = sorted(ENV_NAMES)  # the paper's row order (alphabetical)
 ELABEL = {"antdir": "AntDir", "halfcheetahdir": "HalfCheetahDir", "halfcheetahvel": "HalfCheetahVel",
           "metaworld": "MetaWorld"}
 DEFAULT_SIZE, DEFAULT_ALPHA = (3, 128, 1), 0.1
 EXPERIMENTS = ["table1", "table2", "fig1", "fig2", "fig34", "fig5", "fig7", "table4", "table6", "fig8", "runs"]
 
-# The paper's Table 1 (best checkpoint, mean over 3 seeds): zero-shot, then ALGOS in order
-PAPER_TABLE1 = {
-    "prompt": {"antdir": [259.61, 326.52, 319.45, 323.07, 316.53, 325.93, 325.14, 325.35],
-               "halfcheetahdir": [600.49, 631.01, 634.60, 638.38, 629.12, 628.52, 645.24, 639.36],
-               "halfcheetahvel": [-138.01, -111.57, -113.37, -113.79, -109.66, -114.72, -111.06, -110.64],
-               "metaworld": [414.22, 414.22, 414.22, 414.22, 414.22, 414.22, 414.22, 414.22]},
-    "lora": {"antdir": [259.61, 315.06, 325.81, 319.66, 335.57, 332.05, 336.62, 329.36],
-             "halfcheetahdir": [600.49, 631.06, 637.39, 632.83, 633.84, 636.30, 631.91, 640.60],
-             "halfcheetahvel": [-138.01, -118.98, -115.32, -109.74, -113.51, -119.11, -113.22, -112.19],
-             "metaworld": [414.21, 499.60, 485.63, 490.21, 454.91, 437.28, 502.52, 485.71]},
-    "decorator": {"antdir": [259.61, 320.63, 332.66, 317.25, 304.08, 354.51, 323.07, 330.87],
-                  "halfcheetahdir": [600.49, 632.33, 639.85, 629.89, 636.70, 637.53, 637.10, 640.64],
-                  "halfcheetahvel": [-138.01, -118.46, -121.67, -108.52, -117.13, -109.65, -113.20, -112.90],
-                  "metaworld": [414.21, 452.42, 407.78, 413.52, 468.47, 408.91, 473.35, 478.03]},
-    "full": {"antdir": [259.61, 401.63, 360.96, 319.69, 335.06, 304.95, 370.08, 412.18],
-             "halfcheetahdir": [600.49, 634.61, 643.79, 630.08, 634.82, 627.78, 650.84, 642.62],
-             "halfcheetahvel": [-138.01, -133.02, -122.31, -119.87, -120.37, -117.22, -121.39, -119.79],
-             "metaworld": [414.21, 441.05, 424.88, 471.02, 468.97, 434.59, 548.98, 553.36]},
-}
-PAPER_TABLE2 = {("antdir", "expert"): (1.00, 0.24), ("antdir", "medium"): (0.41, 0.27),
-                ("halfcheetahdir", "expert"): (0.99, 0.27), ("halfcheetahdir", "medium"): (0.53, 0.13),
-                ("halfcheetahvel", "expert"): (0.99, 0.50), ("halfcheetahvel", "medium"): (0.21, 0.09),
-                ("metaworld", "expert"): (1.00, 0.04), ("metaworld", "medium"): (0.34, 0.06)}
-PAPER_TABLE6 = {"antdir": (412.18, 405.22), "halfcheetahdir": (642.62, 644.37), "halfcheetahvel": (-119.79, -120.74),
-                "metaworld": (553.36, 550.89)}
+# The paper's reference numbers (Tables 1, 2 and 6), kept as data beside this file
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_numbers.json")) as _f:
+    _PAPER = json.load(_f)
+PAPER_TABLE1 = _PAPER["table1"]  # tuning -> env -> [zero-shot, *ALGOS]
+PAPER_TABLE2 = {tuple(k.split("/")): tuple(v) for k, v in _PAPER["table2"].items()}  # (env, quality) -> (TQ, SACo)
+PAPER_TABLE6 = {k: tuple(v) for k, v in _PAPER["table6"].items()}  # env -> (original, max target)
 
 
 # ---------------------------------------------------------------- loading and statistics
@@ -593,7 +576,7 @@ def fig5(runs, args) -> list[str]:
                                                  if r["params"]), "-") for s in sizes]]
             for tuning in TUNINGS:
                 cells = [select(runs, env=env, quality=q, tuning=tuning, size=s) for s in sizes]
-                rows.append([f"Size {TLABEL[tuning]}"] + [fmt_bytes(c[0]["result"]["trainable_bytes"]) if c else "-"
+                rows.append([f"Size {TLABEL[tuning]}"] + [format_bytes(c[0]["result"]["trainable_bytes"]) if c else "-"
                                                           for c in cells])
                 rows.append([f"{TLABEL[tuning]} (best)"] + [fmt(values(c, "best")) for c in cells])
                 rows.append([f"{TLABEL[tuning]} (final)"] + [fmt(values(c, "final")) for c in cells])
@@ -611,10 +594,6 @@ def fig5(runs, args) -> list[str]:
     return [write(args.out_dir, "fig5.md", "\n".join(text)), os.path.join(args.out_dir, "fig5.png")]
 
 
-def fmt_bytes(n: float) -> str:
-    from common.tuning import format_bytes
-
-    return format_bytes(n)
 
 
 def fig7(runs, args) -> list[str]:

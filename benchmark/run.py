@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 
 def result_path(cmd: list[str]) -> str | None:
@@ -42,12 +43,13 @@ def result_path(cmd: list[str]) -> str | None:
                 flags[key] = nxt if nxt and not nxt.startswith("--") else True
     if "run_name" in flags:
         name = flags["run_name"]
-    else:
-        algo = os.path.basename(script)[:-3]
-        suffix = "_sparse" if flags.get("sparse_reward") is True else ""
-        suffix += "_maxq" if flags.get("max_target") is True else ""
-        name = (f"{algo}_{flags.get('env', 'halfcheetahvel')}_{flags.get('tuning', 'full')}_"
-                f"{flags.get('quality', 'expert')}_n{flags.get('num_trajs', 50)}{suffix}_s{flags.get('seed', 1)}")
+    else:  # the scripts' own default name, made by the same function
+        from common.finetune import run_name
+
+        kw = {k: flags[k] for k in ("env", "tuning", "quality") if k in flags}
+        kw.update({k: int(flags[k]) for k in ("num_trajs", "seed") if k in flags})
+        kw.update({k: flags.get(k) is True for k in ("sparse_reward", "max_target")})
+        name = run_name(os.path.basename(script)[:-3], **kw)
     return os.path.join(flags.get("run_dir", "runs"), name, "result.json")
 
 

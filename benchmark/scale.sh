@@ -20,8 +20,10 @@ for v in $SETTINGS; do [ -n "${!v+x}" ] && OVERRIDDEN[$v]=1; done
 PY=${PYTHON:-python}
 WORKERS=${WORKERS:-2}
 DRY_RUN=${DRY_RUN:-0}
-ALL_ALGOS="sft dpo grpo ppo cql qp_dpo qp_sft"
-ALL_TUNINGS="prompt lora decorator full"
+# the lists of algorithms and tunings come from their one source in the Python code
+NAMES=$($PY -c "from common.finetune import ALGOS; from common.tuning import TUNINGS; print(' '.join(ALGOS) + '|' + ' '.join(TUNINGS))")
+ALL_ALGOS=${NAMES%%|*}
+ALL_TUNINGS=${NAMES##*|}
 case "$SCALE" in
   smoke)
     : "${ENVS:=halfcheetahvel}" "${SEEDS:=1}" "${STEPS:=2}" "${EVAL_EVERY:=2}" "${EPISODES:=1}"

@@ -23,13 +23,24 @@ from typing import Literal
 import numpy as np
 import torch
 
+from common.cli import run as run_cli
 from common.data import QUALITIES, gather, load_trajectories, pack, returns_to_go, sample_windows, sparsify
 from common.envs import ENV_NAMES, spec
 from common.model import default_checkpoint, load_pretrained, num_params
 from common.rollout import eval_seeds, evaluate, task_prompt_and_target
 from common.tuning import TunedPolicy, format_bytes
 
+# The seven finetuning scripts, in the paper's column order (each is <name>.py at the top level).
+ALGOS = ("sft", "dpo", "grpo", "ppo", "cql", "qp_dpo", "qp_sft")
 DEFAULT_LR = {"prompt": 1e-2, "lora": 1e-3, "decorator": 3e-4, "full": 1e-4}
+
+
+def run_name(algo: str, env: str = "halfcheetahvel", tuning: str = "full", quality: str = "expert",
+             num_trajs: int = 50, sparse_reward: bool = False, max_target: bool = False, seed: int = 1) -> str:
+    """The default --run-name: <algo>_<env>_<tuning>_<quality>_n<N>[_sparse][_maxq]_s<seed>. The one place
+    it is made: the scripts and benchmark/run.py (which skips finished runs by it) both call this."""
+    return (f"{algo}_{env}_{tuning}_{quality}_n{num_trajs}{'_sparse' if sparse_reward else ''}"
+            f"{'_maxq' if max_target else ''}_s{seed}")
 
 
 @dataclass
@@ -103,12 +114,9 @@ def load_presets() -> dict:
 
 
 def cli(main, args_type) -> None:
-    """Parse the flags with tyro and run main; bad input (a missing file, a flag out of range, a NaN
-    loss) ends with one line that names the fix instead of a traceback. On the command line the
-    defaults are the env's presets (common/presets.json) unless --no-presets; any flag overrides them."""
+    """common.cli.run for a finetuning script, whose defaults on the command line are the env's presets
+    (common/presets.json) unless --no-presets; any flag overrides them."""
     import sys
-
-    import tyro
 
     algo = os.path.splitext(os.path.basename(sys.argv[0]))[0]
     env = FinetuneArgs.env
@@ -126,14 +134,10 @@ def cli(main, args_type) -> None:
     table = "; ".join(f"{e}: " + (", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in p[algo].items()) or "defaults")
                       for e, p in presets.items() if algo in p)
     doc = (sys.modules[main.__module__].__doc__ or "").strip().split("\n")[0]  # the script's one-line summary
-    args = tyro.cli(args_type, default=default,
-                    description=doc + (f"\n\nPer-env presets (common/presets.json, chosen on validation episodes by "
-                                       f"benchmark/tune.py), the defaults below for --env {default.env}: {table}"
-                                       if table else ""))
-    try:
-        main(args)
-    except (FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as e:
-        raise SystemExit(f"error: {e}") from None
+    run_cli(main, args_type, default=default,
+            description=doc + (f"\n\nPer-env presets (common/presets.json, chosen on validation episodes by "
+                               f"benchmark/tune.py), the defaults below for --env {default.env}: {table}"
+                               if table else ""))
 
 
 def summarise(curve: list[dict], success: bool = False) -> dict:
@@ -182,7 +186,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class Run:
     """One finetuning run over the test tasks (see the module doc)."""
 
-    def __init__(self, args: FinetuneArgs, algo: str, name_suffix: str = ""):
+    def __init__(self, args: FinetuneArgs, algo: str):
         self.args, self.algo = args, algo
         self.sp = spec(args.env)
         bad = [t for t in args.tasks if t not in self.sp.test_tasks]
@@ -195,8 +199,8 @@ class Run:
                 raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
         self.tasks = list(args.tasks) or list(self.sp.test_tasks)
         self.lr = args.lr if args.lr > 0 else DEFAULT_LR[args.tuning]
-        self.name = args.run_name or (f"{algo}_{args.env}_{args.tuning}_{args.quality}_n{args.num_trajs}"
-                                      f"{'_sparse' if args.sparse_reward else ''}{name_suffix}_s{args.seed}")
+        self.name = args.run_name or run_name(algo, args.env, args.tuning, args.quality, args.num_trajs,
+                                              args.sparse_reward, getattr(args, "max_target", False), args.seed)
         self.path = os.path.join(args.run_dir, self.name, "result.json")
         if args.threads:
             torch.set_num_threads(args.threads)

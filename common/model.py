@@ -138,8 +138,8 @@ class PromptDT(nn.Module):
         return asdict(self.cfg)
 
 
-def num_params(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+def num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def pretrain_command(env: str, cfg: dict | None = None) -> str:

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from common.model import PromptDT
 
 TUNINGS = ("prompt", "lora", "decorator", "full")
-PAPER_SIZES = {"prompt": "0.76 KB", "lora": "0.19 MB", "decorator": "0.54 MB", "full": "2.52 MB"}
 
 
 class LoRALinear(nn.Module):

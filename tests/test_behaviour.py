@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from common.behaviour import goal_frame, policy_input, policy_input_dim
+from behaviour_policy import goal_frame, policy_input, policy_input_dim
 
 
 def test_ant_goal_frame_is_the_physics_seen_from_a_rotated_frame():

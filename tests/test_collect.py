@@ -82,21 +82,21 @@ def test_bad_flags_give_one_line_errors(tmp_path):
 def test_rollouts_do_not_depend_on_batching():
     """Episodes with random-action mixing are the same whether run one at a time or together, so
     --workers and --num-envs never change the data."""
-    from common.behaviour import Policy, rollout
+    from behaviour_policy import BehaviourPolicy, behaviour_rollout
 
-    policy = Policy("metaworld")
+    policy = BehaviourPolicy("metaworld")
     args = ([45, 46, 45], [5, 6, 7], [0.5, 0.3, 0.5])
-    one = rollout(policy, *args, num_envs=1, record=True, rng_seed=9)
-    three = rollout(policy, *args, num_envs=3, record=True, rng_seed=9)
+    one = behaviour_rollout(policy, *args, num_envs=1, record=True, rng_seed=9)
+    three = behaviour_rollout(policy, *args, num_envs=3, record=True, rng_seed=9)
     np.testing.assert_array_equal(one[0], three[0])
     for a, b in zip(one[2], three[2]):
         np.testing.assert_array_equal(a["actions"], b["actions"])
-    other = rollout(policy, *args, num_envs=3, rng_seed=10)
+    other = behaviour_rollout(policy, *args, num_envs=3, rng_seed=10)
     assert not np.array_equal(one[0], other[0])  # the mixing stream is seeded, not fixed
 
 
 def test_behaviour_training_resumes_from_its_checkpoint(tmp_path):
-    from common.behaviour import train_sac
+    from behaviour_policy import train_sac
 
     ckpt, lines = str(tmp_path / "sac.train.pt"), []
     _, h1 = train_sac("halfcheetahdir", 5400, num_envs=8, eval_every=2000, ckpt_path=ckpt, log=lines.append)
