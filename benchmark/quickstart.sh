@@ -3,7 +3,7 @@
 #   1. collect halfcheetahvel datasets (QS_TRAJS trajectories per task and quality, committed behaviour policy)
 #   2. pretrain Prompt-DT on the 45 pretraining tasks (QS_PRETRAIN_STEPS steps)
 #   3. finetune with SFT and QP-SFT, full-model tuning, on the 5 test tasks (zero-shot is their step 0)
-#   4. print the zero-shot / best / final table and the path of the learning-curve PNG
+#   4. print the zero-shot / selected / final / best table and the path of the learning-curve PNG
 # Everything goes to runs/quickstart/ (data, checkpoint, runs, report); nothing in data/ or pretrained/
 # is touched. Rerunning skips what is done. Usage: bash benchmark/quickstart.sh
 set -euo pipefail
