@@ -5,7 +5,7 @@
 Experiments: table1 table2 fig1 fig2 fig34 fig5 fig7 table4 table6 fig8 (or `all`), and `runs`: one row
 per setting found (any mix of runs, e.g. the quickstart's) with its learning curves. Each writes
 <out-dir>/<experiment>.md (tables laid out like the paper's: mean +- half-width of the 95% bootstrap CI
-over seeds, best AND final checkpoint) and a PNG figure. A run is picked by its config (algorithm, env,
+over seeds, selected, final and best checkpoints) and a PNG figure. A run is picked by its config (algorithm, env,
 tuning, quality, trajectories, sparse, alpha, model size), not by its name, so experiments share runs.
 Missing cells print as "-", so a half-finished sweep still reports what it has.
 """
@@ -248,17 +248,17 @@ def table1(runs, args) -> list[str]:
                                                                for a in ALGOS])
         text += ["## MetaWorld success rate\n", md_table(["Checkpoint", "Tuning", "Zero-shot", *[LABEL[a] for a in ALGOS]],
                                                          rows), ""]
-    # IQM of the per-task normalised score over seeds x tasks (rliable style), best checkpoint
+    # IQM of the per-task normalised score over seeds x tasks (rliable style), selected checkpoint
     rows = []
     for tuning in TUNINGS:
         row = [TLABEL[tuning]]
         for algo in ALGOS:
-            xs = [(t["best"] - normaliser(r["env"])[0][t["task"]]) /
+            xs = [(t["selected"] - normaliser(r["env"])[0][t["task"]]) /
                   (normaliser(r["env"])[1][t["task"]] - normaliser(r["env"])[0][t["task"]])
-                  for r in select(runs, tuning=tuning, algo=algo) for t in r["result"]["tasks"]]
+                  for r in select(runs, tuning=tuning, algo=algo) for t in r["result"]["tasks"] if "selected" in t]
             row.append(f"{iqm(xs):.3f} (n={len(xs)})" if xs else "-")
         rows.append(row)
-    text += ["## IQM of the normalised score over seeds x tasks (best checkpoint)\n",
+    text += ["## IQM of the normalised score over seeds x tasks (selected checkpoint)\n",
              "Normalised score per task: (return - random) / (expert - random), with the behaviour policy's "
              "per-task returns from behaviour/<env>.pt.\n", md_table(["Tuning", *[LABEL[a] for a in ALGOS]], rows), ""]
     # side by side with the paper
@@ -347,7 +347,7 @@ def plot_table1(runs, envs, out_dir):
                 c = select(runs, env=env, tuning=tuning, algo=algo)
                 if not c:
                     continue
-                m, lo, hi = bootstrap_ci(values(c, "best"))
+                m, lo, hi = bootstrap_ci(values(c, "selected"))
                 x = j - 0.4 + width * (i + 0.5)
                 # markers, not bars: returns can be negative, where a bar's length would mean nothing
                 ax.errorbar(x, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt="o", color=f"C{i}",
@@ -357,14 +357,14 @@ def plot_table1(runs, envs, out_dir):
         zs = values(select(runs, env=env), "zero_shot")
         ax.axhline(np.mean(zs), color="k", ls="--", lw=1, label="zero-shot")
         lo = min([np.mean(zs)] + [np.mean(values(select(runs, env=env, tuning=t, algo=a), k))
-                                  for t in TUNINGS for a in ALGOS for k in ("best", "final")
+                                  for t in TUNINGS for a in ALGOS for k in ("selected", "final")
                                   if select(runs, env=env, tuning=t, algo=a)])
-        hi = max(np.mean(values(select(runs, env=env, tuning=t, algo=a), "best"))
+        hi = max(np.mean(values(select(runs, env=env, tuning=t, algo=a), "selected"))
                  for t in TUNINGS for a in ALGOS if select(runs, env=env, tuning=t, algo=a))
         pad = 0.15 * (hi - lo + 1e-9)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(range(len(TUNINGS)), [TLABEL[t] for t in TUNINGS])
-        ax.set_title(f"{ELABEL[env]}: best checkpoint (o, 95% CI over seeds), final (x)")
+        ax.set_title(f"{ELABEL[env]}: selected checkpoint (o, 95% CI over seeds), final (x)")
         ax.set_ylabel("return")
     if envs:
         axes[0].legend(fontsize=7, ncol=3)
@@ -375,7 +375,7 @@ def plot_table1(runs, envs, out_dir):
 def fig8(runs, args) -> list[str]:
     runs = main_setting(runs, args.n_main)
     envs = present(runs, "env", ENVS)
-    text = ["# Figure 8: normalised score per test task (best checkpoint)\n", protocol_note(runs),
+    text = ["# Figure 8: normalised score per test task (selected checkpoint)\n", protocol_note(runs),
             "Normalised score: (return - random) / (expert - random), the behaviour policy's per-task returns.\n"]
     panels = [(e, t) for e in envs for t in present(select(runs, env=e), "tuning", TUNINGS)]
     fig, axes = plt_subplots(len(panels), ncols=2, w=7, h=3.2)
@@ -388,7 +388,7 @@ def fig8(runs, args) -> list[str]:
             c = select(cell, algo=algo)
             row = [LABEL[algo]]
             for k, task in enumerate(tasks):
-                xs = [(t["best"] - rnd[task]) / (exp[task] - rnd[task]) for r in c for t in r["result"]["tasks"]
+                xs = [(t["selected"] - rnd[task]) / (exp[task] - rnd[task]) for r in c for t in r["result"]["tasks"] if "selected" in t
                       if t["task"] == task]
                 row.append(fmt(xs, 3))
                 if xs:
@@ -458,20 +458,20 @@ def fig1(runs, args) -> list[str]:
     runs = ablation_runs(runs, args, num_trajs=args.n_main)
     envs = present(runs, "env", ENVS)
     text = [f"# Figure 1: medium vs expert data ({args.n_main} trajectories)\n", protocol_note(runs),
-            "Best checkpoint, averaged over the tunings run; normalised so the best algorithm of each (env, quality) "
+            "Selected checkpoint (chosen on validation episodes), averaged over the tunings run; normalised so the best algorithm of each (env, quality) "
             "is 1 (the paper's normalisation). Raw returns (mean ± CI over seeds x tunings) in brackets.\n"]
     fig, axes = plt_subplots(len(envs), ncols=2, w=7, h=3.2)
     rows = []
     for ax, env in zip(axes, envs):
         for qi, q in enumerate(("medium", "expert")):
-            m = {a: np.mean(values(select(runs, env=env, quality=q, algo=a), "best") or [np.nan]) for a in ALGOS}
+            m = {a: np.mean(values(select(runs, env=env, quality=q, algo=a), "selected") or [np.nan]) for a in ALGOS}
             top = np.nanmax(list(m.values())) if not all(np.isnan(list(m.values()))) else np.nan
             for i, a in enumerate(ALGOS):
                 score = m[a] / top if top > 0 else (top / m[a] if m[a] < 0 else np.nan)  # returns can be negative
                 ax.bar(i + (qi - 0.5) * 0.4, score, 0.4, color="C0" if q == "medium" else "C1",
                        label=q if i == 0 else None)
             rows.append([ELABEL[env], q] + [f"{(m[a] / top if top > 0 else top / m[a]):.3f} "
-                                             f"({fmt(values(select(runs, env=env, quality=q, algo=a), 'best'), 1)})"
+                                             f"({fmt(values(select(runs, env=env, quality=q, algo=a), 'selected'), 1)})"
                                              if not np.isnan(m[a]) else "-" for a in ALGOS])
         ax.set_xticks(range(len(ALGOS)), [LABEL[a] for a in ALGOS], fontsize=7)
         ax.set_title(ELABEL[env])
@@ -486,7 +486,7 @@ def fig1(runs, args) -> list[str]:
 
 def curves_vs(runs, envs, key, xs, out_dir, name, title, logx=False, algos=ALGOS, panel_key="quality",
               panels=("medium", "expert")) -> tuple[list[str], str]:
-    """A line per algorithm of the best checkpoint vs `key`, one panel per (env, panel value)."""
+    """A line per algorithm of the selected checkpoint vs `key`, one panel per (env, panel value)."""
     grid = [(e, p) for e in envs for p in panels]
     fig, axes = plt_subplots(len(grid), ncols=2, w=6, h=3.2)
     rows = []
@@ -495,15 +495,15 @@ def curves_vs(runs, envs, key, xs, out_dir, name, title, logx=False, algos=ALGOS
             ms, row = [], [ELABEL[env], p, LABEL[a]]
             for x in xs:
                 c = select(runs, env=env, algo=a, **{panel_key: p, key: x})
-                ms.append(np.mean(values(c, "best")) if c else np.nan)
-                row.append(fmt(values(c, "best"), 1))
+                ms.append(np.mean(values(c, "selected")) if c else np.nan)
+                row.append(fmt(values(c, "selected"), 1))
             rows.append(row)
             ax.plot(xs, ms, "o-", color=f"C{ALGOS.index(a)}", label=LABEL[a])
         if logx:
             ax.set_xscale("log")
         ax.set_title(f"{ELABEL[env]}, {p}")
         ax.set_xlabel(key.replace("_", " "))
-        ax.set_ylabel("return (best)")
+        ax.set_ylabel("return (selected)")
     if grid:
         axes[0].legend(fontsize=7)
     fig.suptitle(title)
@@ -530,10 +530,10 @@ def fig34(runs, args) -> list[str]:
     ns = sorted({r["num_trajs"] for r in sparse})
     rows, png3 = curves_vs(sparse, envs, "num_trajs", ns, args.out_dir, "fig3.png", "Figure 3: sparse reward")
     text = ["# Figures 3 and 4: sparse reward\n", protocol_note(sparse),
-            "## Figure 3: number of trajectories, sparse reward (best checkpoint)\n",
+            "## Figure 3: number of trajectories, sparse reward (selected checkpoint)\n",
             md_table(["Env", "Quality", "Algorithm", *[f"N={n}" for n in ns]], rows), "", "![Figure 3](fig3.png)", "",
             f"## Figure 4: dense vs sparse at {args.n_main} trajectories\n",
-            "Normalised score (per task, (return - random) / (expert - random)), best checkpoint, averaged over envs, "
+            "Normalised score (per task, (return - random) / (expert - random)), selected checkpoint, averaged over envs, "
             "tunings and seeds; mean ± CI over runs.\n"]
     import matplotlib
 
@@ -546,7 +546,7 @@ def fig34(runs, args) -> list[str]:
         for k, sp in enumerate((False, True)):
             ms = []
             for i, a in enumerate(ALGOS):
-                xs = [normalised(r, "best") for r in select(base, algo=a, quality=q, sparse=sp, num_trajs=args.n_main)]
+                xs = [normalised(r, "selected") for r in select(base, algo=a, quality=q, sparse=sp, num_trajs=args.n_main)]
                 m, lo, hi = bootstrap_ci(xs)
                 ms.append(fmt(xs, 3))
                 ax.bar(i + (k - 0.5) * 0.4, m, 0.4, color="C1" if sp else "C0", label=("sparse" if sp else "dense")
@@ -578,14 +578,14 @@ def fig5(runs, args) -> list[str]:
                 cells = [select(runs, env=env, quality=q, tuning=tuning, size=s) for s in sizes]
                 rows.append([f"Size {TLABEL[tuning]}"] + [format_bytes(c[0]["result"]["trainable_bytes"]) if c else "-"
                                                           for c in cells])
-                rows.append([f"{TLABEL[tuning]} (best)"] + [fmt(values(c, "best")) for c in cells])
+                rows.append([f"{TLABEL[tuning]} (selected)"] + [fmt(values(c, "selected")) for c in cells])
                 rows.append([f"{TLABEL[tuning]} (final)"] + [fmt(values(c, "final")) for c in cells])
                 xs = [next((r["params"] for r in select(runs, env=env, size=s) if r["params"]), np.nan) for s in sizes]
-                axes[k].plot(xs, [np.mean(values(c, "best")) if c else np.nan for c in cells], "o-", label=TLABEL[tuning])
+                axes[k].plot(xs, [np.mean(values(c, "selected")) if c else np.nan for c in cells], "o-", label=TLABEL[tuning])
             axes[k].set_xscale("log")
             axes[k].set_title(f"{ELABEL[env]}, {q}")
             axes[k].set_xlabel("pretrained model parameters")
-            axes[k].set_ylabel("return (best)")
+            axes[k].set_ylabel("return (selected)")
             axes[k].legend(fontsize=7)
             k += 1
             text += [f"## {ELABEL[env]}, {q}\n", md_table(header, rows), ""]
@@ -649,11 +649,11 @@ def table6(runs, args) -> list[str]:
     for env in envs:
         o, m = select(runs, env=env, max_target=False), select(runs, env=env, max_target=True)
         p = PAPER_TABLE6[env]
-        rows.append([ELABEL[env], fmt(values(o, "best")), fmt(values(m, "best")), fmt(values(o, "final")),
+        rows.append([ELABEL[env], fmt(values(o, "selected")), fmt(values(m, "selected")), fmt(values(o, "final")),
                      fmt(values(m, "final")), f"{p[0]:.2f}", f"{p[1]:.2f}"])
     text = ["# Table 6: QP-SFT's Q target, eq. 16 (original) vs max over sampled actions (eqs. 33-34)\n",
             protocol_note(runs), "Full-model tuning, expert data.\n",
-            md_table(["Env", "original (best)", "max (best)", "original (final)", "max (final)", "original (paper)",
+            md_table(["Env", "original (selected)", "max (selected)", "original (final)", "max (final)", "original (paper)",
                       "max (paper)"], rows), ""]
     import matplotlib
 
@@ -663,13 +663,13 @@ def table6(runs, args) -> list[str]:
     fig, axes = plt.subplots(1, max(len(envs), 1), figsize=(3.5 * max(len(envs), 1), 3.2), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for i, mt in enumerate((False, True)):
-            xs = values(select(runs, env=env, max_target=mt), "best")
+            xs = values(select(runs, env=env, max_target=mt), "selected")
             m, lo, hi = bootstrap_ci(xs)
             ax.errorbar(i, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt="o", color=f"C{i}", capsize=3)
             ax.plot(i, np.mean(values(select(runs, env=env, max_target=mt), "final") or [np.nan]), "x", color=f"C{i}")
         ax.set_xticks([0, 1], ["original", "max"])
         ax.set_xlim(-0.5, 1.5)
-        ax.set_title(f"{ELABEL[env]}: best (o), final (x)")
+        ax.set_title(f"{ELABEL[env]}: selected (o), final (x)")
     savefig(fig, args.out_dir, "table6.png")
     return [write(args.out_dir, "table6.md", "\n".join(text)), os.path.join(args.out_dir, "table6.png")]
 

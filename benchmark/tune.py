@@ -33,7 +33,7 @@ GRID = {
     "sft": {},  # the reference: SFT's only hyperparameter is the learning rate, shared by all seven
     "dpo": {"beta": [0.1, 1.0]},
     "grpo": {"bc_weight": [1.0, 0.0], "beta": [0.04, 0.5]},
-    "ppo": {"bc_weight": [1.0, 0.0]},
+    "ppo": {"bc_weight": [1.0, 0.0, 10.0]},
     "cql": {"alpha": [5.0, 1.0], "bc_weight": [1.0, 10.0]},
     "qp_sft": {"alpha": [0.1, 0.001, 0.01, 1.0]},
     "qp_dpo": {"alpha": [0.1, 0.001, 0.01, 1.0]},
@@ -56,8 +56,9 @@ def command(algo: str, env: str, point: dict, args) -> str:
     flags = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in point.items())
     tasks = " ".join(map(str, TUNE_TASKS[env]))
     return (f"python {algo}.py --env {env} --tuning full --seed 1 --tasks {tasks} --total-steps {args.steps} "
-            f"--eval-every {args.eval_every} --eval-episodes {args.episodes} --data-dir {args.data_dir} "
-            f"--run-dir {args.run_dir} --run-name {run_name(algo, env, point)} --no-presets {flags}")
+            f"--eval-every {args.eval_every} --eval-episodes {args.episodes} --num-trajs {args.num_trajs} "
+            f"--data-dir {args.data_dir} --run-dir {args.run_dir} --run-name {run_name(algo, env, point)} --no-presets"
+            + (f" --pretrained {args.pretrained}" if args.pretrained else "") + (f" {flags}" if flags else ""))
 
 
 def score(res: dict) -> tuple[float, float]:
@@ -95,7 +96,7 @@ def pick(envs: list[str], algos: list[str], args) -> dict:
             continue
         md = [f"# Hyperparameter search on {env} (validation episodes)\n",
               f"Made by `python benchmark/tune.py --envs {env} --steps {args.steps} --eval-every {args.eval_every} "
-              f"--episodes {args.episodes}`: full tuning, expert data, 50 trajectories, seed 1, tasks "
+              f"--episodes {args.episodes}`: full tuning, expert data, {args.num_trajs} trajectories, seed 1, tasks "
               f"{', '.join(map(str, TUNE_TASKS[env]))}. Chosen by the validation score at the selected checkpoint"
               + (" (success, then return)" if env == "metaworld" else "")
               + "; the reporting-episode columns are shown for information only and played no part in the choice.\n",
@@ -125,14 +126,16 @@ def main() -> int:
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--episodes", type=int, default=5, help="validation (and as many reporting) episodes per evaluation")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--num-trajs", type=int, default=50, help="finetuning trajectories per task")
     ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--pretrained", default="", help="checkpoint (default: the scripts' own, pretrained/<env>.pt)")
     ap.add_argument("--run-dir", default="benchmark/results/tune/runs")
     ap.add_argument("--out-dir", default="benchmark/results/tune")
     ap.add_argument("--log-dir", default="runs/logs/tune")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run and write nothing")
     ap.add_argument("--pick-only", action="store_true", help="only pick the presets from the runs already made")
     args = ap.parse_args()
-    for k in ("steps", "eval_every", "episodes", "workers"):
+    for k in ("steps", "eval_every", "episodes", "workers", "num_trajs"):
         if getattr(args, k) < 1:
             raise SystemExit(f"error: --{k.replace('_', '-')} must be at least 1")
     if not args.pick_only:

@@ -126,6 +126,30 @@ def fake_result(run_dir, algo, tuning, seed, best, final, zero_shot=0.0, wall=60
     (run_dir / name / "result.json").write_text(json.dumps(res))
 
 
+def test_tune_runs_its_grid_on_validation_scores_and_writes_presets(smoke_root, tmp_path):
+    """benchmark/tune.py at smoke size: every grid point runs, the table is written, and the preset is
+    the point with the highest validation score (recomputed here from the result files)."""
+    assert script("table1", SCALE="smoke", ROOT_DIR=str(smoke_root), WORKERS="2").returncode == 0  # data, checkpoint
+    presets = tmp_path / "presets.json"
+    cmd = [sys.executable, "benchmark/tune.py", "--envs", "halfcheetahvel", "--algos", "qp_sft", "--steps", "2",
+           "--eval-every", "1", "--episodes", "1", "--num-trajs", "3", "--data-dir", str(smoke_root / "data"),
+           "--pretrained", str(smoke_root / "pretrained" / "halfcheetahvel.pt"), "--run-dir", str(tmp_path / "runs"),
+           "--out-dir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "RFT_PRESETS": str(presets)}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 4  # qp_sft's alpha grid
+    val = {}
+    for r in runs:
+        res = json.loads((r / "result.json").read_text())
+        val[res["config"]["alpha"]] = np.mean([max(c["val_return"] for c in t["curve"][1:]) for t in res["tasks"]])
+    chosen = json.loads(presets.read_text())["halfcheetahvel"]["qp_sft"]["alpha"]
+    assert val[chosen] == max(val.values())
+    md = (tmp_path / "halfcheetahvel.md").read_text()
+    assert md.count("| qp_sft |") == 4 and md.count("**chosen**") == 1
+
+
 def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     # best = algo base + 2 with full tuning; QP-SFT the highest everywhere; final below zero-shot
     base = {"sft": -5, "dpo": -6, "grpo": -7, "ppo": -8, "cql": -9, "qp_dpo": -4, "qp_sft": -3}
