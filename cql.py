@@ -47,8 +47,9 @@ class Args(FinetuneArgs):
     """transitions per critic update, drawn from the batch's windows"""
     critic_warmup: int = -1
     """critic-only Monte-Carlo regression updates before the first policy step (-1: min(--total-steps, 1000))"""
-    bc_weight: float = 1.0
-    """weight of the imitation anchor |pi(s) - a|^2 against the normalised Q (0: the paper's eq. 12)"""
+    bc_weight: float = 10.0
+    """weight of the imitation anchor |pi(s) - a|^2 against the normalised Q (0: the paper's eq. 12; 1 fell
+    below zero-shot in the AntDir search, benchmark/results/tune/antdir.md)"""
 
 
 class TwinQ(nn.Module):
