@@ -8,20 +8,9 @@ target action a^ (the policy's own action at the next step of the window, detach
 qp_sft.py, where the reasons are given; Q is divided by its detached mean magnitude (as in QT and
 TD3+BC) so that alpha is scale-free.
 
-DPO loss (paper eq. 4): -log sigmoid(beta * [log pi(a|s)/pi_ref(a|s) - log pi(a_bar|s)/pi_ref(a_bar|s)]),
-preferring the data action a to a rejected action a_bar; pi_ref is the pretrained policy.
-
-pi(a|s) is a Gaussian whose mean is the DT's action mu(s) and whose std is fixed (--policy-std), so
-log pi(x|s) = -|x - mu(s)|^2 / (2 std^2) + const, and pi_ref's mean mu_ref is the pretrained policy's
-action (computed once for every window of the task, Run.window_table). The paper does not say how
-the rejected action a_bar is made. We take the current policy's own action, a_bar = sg(mu(s)) (the
-action it would execute, detached; self-play preference optimisation, as in SPIN): the data action
-is preferred to what the policy does now. Then the gradient in mu is
-    beta * sigmoid(-beta * logit) * (a - mu) / std^2,
-a weighted imitation step that vanishes exactly when the policy sits on the data (mu = a), whose
-weight falls as the policy moves away from pi_ref towards a (DPO's implicit KL). A fixed perturbation
-of a (our earlier choice, a + |eps| sign(mu_ref - a)) makes the logit linear in mu with no resting
-point: it pushed |mu - a| from 0.032 to 0.144 in 150 steps on halfcheetahvel.
+DPO loss (paper eq. 4) and its Gaussian policy with a fixed std are those of dpo.py, including the
+rejected action a_bar = the policy's own action, detached (dpo.py's docstring gives the reason and
+the measurement); pi_ref is the pretrained policy, its actions computed once per task.
 """
 from __future__ import annotations
 
