@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
-import json
 import os
 import subprocess
 import sys
@@ -28,11 +27,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 
 from behaviour_policy import (MEDIUM_BAND, SACActor, BehaviourPolicy, calibrate_medium, calibration_seeds, policy_input_dim, behaviour_rollout,
                               train_sac)
-from common.data import QUALITIES, atomic_torch_save, dataset_path, load_trajectories, save_trajectories, tq_saco
+from common.data import QUALITIES, atomic_torch_save, atomic_write_json, dataset_path, load_trajectories, save_trajectories, tq_saco
+from common.cli import run as cli
 from common.envs import spec
 
 DEFAULT_STEPS = {"halfcheetahvel": 1_200_000, "halfcheetahdir": 1_600_000, "antdir": 2_500_000, "metaworld": 0}
@@ -160,7 +159,7 @@ def run_workers(args: Args) -> None:
         procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv]))
     failed = [w for w, p in enumerate(procs) if p.wait() != 0]
     if failed:
-        raise SystemExit(f"error: worker(s) {failed} failed; rerun the same command to resume")
+        raise RuntimeError(f"worker(s) {failed} failed; rerun the same command to resume")
 
 
 def collect(args: Args, policy: BehaviourPolicy, beh: dict) -> None:
@@ -232,19 +231,32 @@ def summarise(args: Args, beh: dict) -> dict:
               f"{r['normalised_score_min']:.2f}..{r['normalised_score_max']:.2f} | {r['TQ']:.2f} | {r['SACo']:.2f} |"
               + (f" {r['test_success']:.2f} |" if args.env == "metaworld" else ""))
     path = os.path.join(args.data_dir, args.env, "summary.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic_write_json(path, summary)
     print(f"saved {path}")
     return summary
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args)
+def check_args(args: Args) -> None:
+    """One-line errors for flags out of range, before anything is loaded or written."""
     n_tasks = spec(args.env).num_tasks
     if any(not 0 <= t < n_tasks for t in args.tasks):
-        raise SystemExit(f"error: --tasks must be in 0..{n_tasks - 1} for {args.env}")
-    args.tasks = args.tasks or tuple(range(n_tasks))
+        raise ValueError(f"--tasks must be in 0..{n_tasks - 1} for {args.env}")
+    dup = sorted({t for t in args.tasks if args.tasks.count(t) > 1})
+    if dup:
+        raise ValueError(f"--tasks lists {dup} more than once; name each task once")
+    for k in ("num_trajs", "calib_iters", "workers"):
+        if getattr(args, k) < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    for k in ("total_timesteps", "calib_episodes", "num_envs"):
+        if getattr(args, k) == 0 or getattr(args, k) < -1:
+            raise ValueError(f"--{k.replace('_', '-')} must be -1 (the default) or at least 1, got {getattr(args, k)}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's default) or more, got {args.threads}")
+
+
+def main(args: Args) -> None:
+    check_args(args)
+    args.tasks = args.tasks or tuple(range(spec(args.env).num_tasks))
     if args.num_envs < 1:
         args.num_envs = 10 if args.env == "metaworld" else 100
     if args.threads > 0:
@@ -260,3 +272,7 @@ if __name__ == "__main__":
     if args.summary:
         summarise(args, beh)
     print(f"total wall time {(time.time() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    cli(main, Args)

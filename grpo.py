@@ -73,8 +73,6 @@ def grpo_loss(logp, logp_old, adv, kl, mask, clip_eps: float, beta: float, bc_we
 
 
 def main(args: Args) -> dict:
-    if args.update_epochs < 1 or args.policy_std <= 0:
-        raise ValueError("--update-epochs must be at least 1 and --policy-std positive")
     run = Run(args, "grpo")
     for task in run.tasks:
         rng = run.seed(task)

@@ -84,8 +84,6 @@ def ppo_loss(logp, logp_old, adv, mask, clip_eps: float, bc_weight: float) -> to
 
 
 def main(args: Args) -> dict:
-    if args.update_epochs < 1 or args.gae_every < 1 or args.policy_std <= 0:
-        raise ValueError("--update-epochs and --gae-every must be at least 1 and --policy-std positive")
     run = Run(args, "ppo")
     sp, model = run.sp, run.model
     norm = lambda s: (s - model.state_mean) / model.state_std  # noqa: E731

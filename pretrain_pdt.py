@@ -6,14 +6,15 @@ Each sample is a K-step window of a pretraining task's trajectory, behind a K*-s
 segment of another trajectory of the same task (Prompt-DT's stochastic prompt). The loss is the
 action MSE over the window. Every --eval-every steps the model is evaluated zero-shot on the test
 tasks (prompt and target return from each test task's first --num-trajs expert trajectories, as the
-finetuning scripts do). The checkpoint (config + weights + state normalisation) goes to
-pretrained/<env>.pt at the default scale, where the finetuning scripts look by default. Training
-state is saved in <run-dir>/<run-name>/ at every eval, so a rerun after a kill resumes.
+finetuning scripts do). Training state is saved in <run-dir>/<run-name>/ at every eval, so a rerun
+after a kill resumes; the checkpoint (config + weights + state normalisation) is written at the end,
+to <run-dir>/<run-name>/model.pt, or to --out. The finetuning scripts look for pretrained/<env>.pt
+(kept in git); replacing it takes `--out pretrained/<env>.pt --overwrite`, so no experiment replaces
+a shipped checkpoint by accident.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -23,10 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.data import atomic_torch_save, load_trajectories, pack, sample_prompts, sample_windows, state_stats
+from common.data import (atomic_torch_save, atomic_write_json, load_trajectories, lock_folder, pack, sample_prompts,
+                         sample_windows, state_stats)
 from common.envs import spec
 from common.cli import run as cli
-from common.model import ModelConfig, PromptDT, default_checkpoint, num_params
+from common.model import ModelConfig, PromptDT, num_params
 from common.rollout import evaluate, task_prompt_and_target
 
 
@@ -71,7 +73,10 @@ class Args:
     run_dir: str = "runs"
     """where <run-name>/ (resumable state, eval log) goes"""
     out: str = ""
-    """checkpoint path (default: pretrained/<env>.pt at the default scale, else pretrained/<env>_l<L>_e<E>_h<H>.pt)"""
+    """checkpoint path (default: <run-dir>/<run-name>/model.pt; the finetuning scripts' default is
+    pretrained/<env>.pt, or pretrained/<env>_l<L>_e<E>_h<H>.pt at another scale)"""
+    overwrite: bool = False
+    """replace an existing --out checkpoint"""
     train_tasks: int = -1
     """use only the first N pretraining tasks (-1: all; small values are for tests)"""
     train_trajs: int = -1
@@ -86,14 +91,35 @@ class Args:
     """wandb project"""
 
 
-NOT_TRAINING = ("threads", "cuda", "track", "wandb_project", "out", "data_dir", "run_dir")  # may change on resume
+NOT_TRAINING = ("threads", "cuda", "track", "wandb_project", "out", "overwrite", "data_dir", "run_dir")  # may change on resume
+
+
+def check_args(args: Args) -> None:
+    """One-line errors for flags out of range, before anything is loaded or written."""
+    for k in ("total_steps", "batch_size", "eval_every", "eval_episodes", "num_trajs", "n_layer", "n_embd", "n_head",
+              "K", "prompt_len", "warmup_steps"):
+        if getattr(args, k) < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    if not args.lr > 0 or not args.grad_clip > 0 or args.weight_decay < 0 or args.threads < 0:
+        raise ValueError("--lr and --grad-clip must be positive, --weight-decay and --threads 0 or more")
+    if not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.n_embd % args.n_head:
+        raise ValueError(f"--n-embd {args.n_embd} is not a multiple of --n-head {args.n_head}; each head gets "
+                         f"n_embd / n_head channels")
+    for k in ("train_tasks", "train_trajs"):
+        if getattr(args, k) == 0 or getattr(args, k) < -1:
+            raise ValueError(f"--{k.replace('_', '-')} must be -1 (all) or at least 1, got {getattr(args, k)}")
 
 
 def main(args: Args) -> dict:
+    check_args(args)
     sp = spec(args.env)
-    out = args.out or default_checkpoint(args.env, args.n_layer, args.n_embd, args.n_head)
     run_name = f"pretrain_{args.env}_l{args.n_layer}_e{args.n_embd}_h{args.n_head}_s{args.seed}"
     run_path = os.path.join(args.run_dir, run_name)
+    out = args.out or os.path.join(run_path, "model.pt")
+    if args.out and os.path.exists(out) and not args.overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
@@ -130,7 +156,8 @@ def main(args: Args) -> dict:
     print(f"{run_name}: {num_params(model):,} parameters, {len(trajs)} trajectories of {len(tasks)} tasks, "
           f"device {device}")
 
-    # resume
+    # resume (the lock keeps a second process with the same run name out)
+    lock = lock_folder(run_path, "choose another --run-dir or --seed")  # noqa: F841 (held until exit)
     step, log = 0, []
     state_path = os.path.join(run_path, "state.pt")
     if os.path.exists(state_path):
@@ -214,9 +241,7 @@ def main(args: Args) -> dict:
     ckpt = {"env": args.env, "config": model.config_dict(), "state_dict": model.state_dict(),
             "pretrain_args": dataclasses.asdict(args), "zero_shot": log[-1], "log": log}
     atomic_torch_save(ckpt, out)
-    with open(os.path.join(run_path, "log.json.tmp"), "w") as f:
-        json.dump(log, f, indent=1)
-    os.replace(os.path.join(run_path, "log.json.tmp"), os.path.join(run_path, "log.json"))
+    atomic_write_json(os.path.join(run_path, "log.json"), log)
     print(f"saved {out}; zero-shot return {log[-1]['return']:.1f} per test task "
           + ", ".join(f"{t}: {r:.1f}" for t, r in log[-1]["per_task"].items()))
     if args.track:

@@ -24,6 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from common.data import atomic_write  # noqa: E402
 from common.envs import ENV_NAMES  # noqa: E402
 from common.finetune import ALGOS  # noqa: E402  (the paper's column order)
 from common.tuning import TUNINGS, format_bytes  # noqa: E402
@@ -48,9 +49,14 @@ PAPER_TABLE6 = {k: tuple(v) for k, v in _PAPER["table6"].items()}  # env -> (ori
 def load_runs(run_dir: str) -> list[dict]:
     runs = []
     for path in sorted(glob.glob(os.path.join(run_dir, "*", "result.json"))):
-        with open(path) as f:
-            r = json.load(f)
-        c = r["config"]
+        try:
+            with open(path) as f:
+                r = json.load(f)
+            c = r["config"]
+            c["env"], r["algo"], r["tasks"]  # noqa: B018 (a result without them is not one)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: {path} is not a finished result ({type(e).__name__}: {e}); delete it and "
+                             f"rerun its command (benchmark/run.py reruns only what has no result)") from None
         if "model" in r:
             size = (r["model"]["n_layer"], r["model"]["n_embd"], r["model"]["n_head"])
         else:  # the checkpoint name says the size (pretrain_pdt.py's naming)
@@ -150,8 +156,7 @@ def present(runs, key: str, order: list) -> list:
 def savefig(fig, out_dir: str, name: str) -> str:
     path = os.path.join(out_dir, name)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
-    os.replace(path + ".tmp.png", path)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -166,9 +171,7 @@ def write(out_dir: str, name: str, text: str) -> str:
         title, _, rest = text.partition("\n")
         text = f"{title}\n\nMade by `{MADE_BY}`.\n{rest}"
     path = os.path.join(out_dir, name)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda f: f.write(text), "w")
     return path
 
 

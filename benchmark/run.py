@@ -8,14 +8,17 @@ writes <run-dir>/<run-name>/result.json. A command whose result file already exi
 rerun after a kill continues where it stopped. --workers processes run at once, each with one torch
 thread (two 2-thread processes on 2 cores run 5-10x slower than two 1-thread ones). A failing
 command does not stop the others; the failures are listed at the end with their log files and the
-exit status is 1. Progress: one line per finished command with the overall ETA, and every
+exit status is 1; so are lines that do not parse (an unclosed quote), which are skipped. The commands
+die with the runner (even after kill -9 of it), so a rerun never overlaps a leftover copy of a run. Progress: one line per finished command with the overall ETA, and every
 --status-every seconds the latest progress line of each running command.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -47,10 +50,37 @@ def result_path(cmd: list[str]) -> str | None:
         from common.finetune import run_name
 
         kw = {k: flags[k] for k in ("env", "tuning", "quality") if k in flags}
-        kw.update({k: int(flags[k]) for k in ("num_trajs", "seed") if k in flags})
+        try:
+            kw.update({k: int(flags[k]) for k in ("num_trajs", "seed") if k in flags})
+        except (TypeError, ValueError):  # a bad value: the command runs, and fails with its own message
+            return None
         kw.update({k: flags.get(k) is True for k in ("sparse_reward", "max_target")})
         name = run_name(os.path.basename(script)[:-3], **kw)
     return os.path.join(flags.get("run_dir", "runs"), name, "result.json")
+
+
+def die_with_parent(parent: int):
+    """preexec_fn of a command: Linux delivers SIGKILL to it when the runner dies, however it dies."""
+    def set_pdeathsig() -> None:
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except OSError:  # not Linux: the SIGTERM/SIGINT handler below still stops the commands
+            return
+        if os.getppid() != parent:  # the runner died before the prctl
+            os._exit(1)
+    return set_pdeathsig
+
+
+def parse(lines: list[str]) -> tuple[list[list[str]], list[str]]:
+    """Commands (blank lines and # comments skipped) and the lines that do not parse."""
+    cmds, bad = [], []
+    for line in lines:
+        if line.strip() and not line.strip().startswith("#"):
+            try:
+                cmds.append(shlex.split(line))
+            except ValueError as e:
+                bad.append(f"{line.strip()}  ({e})")
+    return cmds, bad
 
 
 def last_line(path: str) -> str:
@@ -74,8 +104,14 @@ def main() -> int:
     ap.add_argument("--status-every", type=float, default=60.0,
                     help="seconds between status lines (each running command's latest progress line); 0: none")
     args = ap.parse_args()
+    if args.workers < 1:
+        ap.error(f"--workers must be at least 1, got {args.workers}")
+    if args.commands != "-" and not os.path.isfile(args.commands):
+        ap.error(f"no command file {args.commands}; pass a file with one command per line, or - to read stdin")
     lines = (sys.stdin if args.commands == "-" else open(args.commands)).read().splitlines()
-    cmds = [shlex.split(line) for line in lines if line.strip() and not line.strip().startswith("#")]
+    cmds, bad = parse(lines)
+    for line in bad:
+        print(f"skipping a line that does not parse: {line}", flush=True)
     todo = [c for c in cmds if not (result_path(c) and os.path.exists(os.path.join(ROOT, result_path(c))))]
     print(f"{len(cmds)} commands, {len(cmds) - len(todo)} already done, {len(todo)} to run", flush=True)
     if args.dry_run:
@@ -87,15 +123,38 @@ def main() -> int:
     t0, done, failures = time.time(), 0, []
 
     def run_one(i: int, c: list[str]) -> tuple[list[str], int, str]:
+        if stopping.is_set():
+            return c, -1, ""
         log = os.path.join(args.log_dir, f"{i:04d}_{os.path.basename(os.path.dirname(result_path(c) or 'cmd/x'))}.log")
         full = c if c[0] != "python" else [sys.executable, *c[1:]]
         if "--threads" not in full:
             full = [*full, "--threads", "1"]
         running[log] = shlex.join(c)
         with open(log, "w") as f:
-            rc = subprocess.run(full, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+            try:
+                proc = subprocess.Popen(full, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                        preexec_fn=die_with_parent(os.getpid()))
+                children.add(proc)
+                rc = proc.wait()
+                children.discard(proc)
+            except OSError as e:  # e.g. a program that does not exist: a failed command, not a crash
+                f.write(f"error: cannot start {full[0]}: {e.strerror}\n")
+                rc = 127
         running.pop(log, None)
         return c, rc, log
+
+    children: set[subprocess.Popen] = set()
+    stopping = threading.Event()
+
+    def stop_children(signum, frame) -> None:
+        """SIGTERM / Ctrl-C of the runner stops the commands too, and starts no more."""
+        stopping.set()
+        for p in list(children):
+            p.kill()
+        raise SystemExit(f"interrupted by signal {signum}; rerun the same command to continue")
+
+    signal.signal(signal.SIGTERM, stop_children)
+    signal.signal(signal.SIGINT, stop_children)
 
     running: dict[str, str] = {}  # log file -> command, while it runs
     stop = threading.Event()
@@ -124,8 +183,11 @@ def main() -> int:
         print(f"\n{len(failures)} of {len(todo)} commands failed:")
         for c, rc, log in failures:
             print(f"  exit {rc}: {shlex.join(c)}  (log: {log})")
-        return 1
-    return 0
+    if bad:
+        print(f"\n{len(bad)} lines did not parse and were skipped:")
+        for line in bad:
+            print(f"  {line}")
+    return 1 if failures or bad else 0
 
 
 if __name__ == "__main__":

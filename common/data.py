@@ -12,7 +12,10 @@ metadata: episode_returns, episode_success, seeds; and env, task, param, quality
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import tempfile
 import zipfile
 
 import numpy as np
@@ -38,22 +41,59 @@ def save_trajectories(path: str, trajs: list[dict], **meta) -> None:
     flat["terminals"], flat["timeouts"] = flat["terminals"].astype(bool), flat["timeouts"].astype(bool)
     for k in ("observations", "next_observations", "actions", "rewards"):
         flat[k] = flat[k].astype(np.float32)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **flat, **{k: np.asarray(v) for k, v in meta.items()})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez_compressed(f, **flat, **{k: np.asarray(v) for k, v in meta.items()}))
+
+
+def atomic_write(path: str, write, mode: str = "wb") -> None:
+    """write(f) into a temporary file of a unique name beside path, then rename it to path: a killed or
+    a concurrent writer leaves the old file or a whole new one, never half of one, and two writers
+    never share a temporary file."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared results private
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def lock_folder(folder: str, what: str):
+    """Create folder and hold an exclusive lock on folder/.lock for as long as the returned file is open
+    (the OS drops it when the process dies, so a killed run never leaves a stale lock). Raises a
+    one-line error when the folder cannot be written or another process holds the lock."""
+    import fcntl
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        f = open(os.path.join(folder, ".lock"), "w")
+    except OSError as e:
+        raise ValueError(f"cannot write into {folder} ({e.strerror}); choose a writable --run-dir") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RuntimeError(f"another process is running {folder}; wait for it to finish, or {what}") from None
+    return f
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1), "w")
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to a temporary name, then rename: never a half-written checkpoint."""
+    """torch.save, written atomically (see atomic_write)."""
     import torch
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def split_trajectories(flat: dict) -> list[dict]:
@@ -80,9 +120,15 @@ def load_trajectories(env: str, task: int, quality: str = "expert", data_dir: st
     try:
         with np.load(path) as z:
             flat = {k: z[k] for k in FIELDS}
+            made_for = str(z["env"]) if "env" in z.files else env
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise RuntimeError(f"dataset {path} is corrupt ({type(e).__name__}); delete it and rerun: "
                            f"{collect_command(env, data_dir)}") from None
+    shapes = (flat["observations"].shape[1:], flat["actions"].shape[1:])
+    if made_for != env or shapes != ((s.obs_dim,), (s.act_dim,)):
+        raise ValueError(f"dataset {path} holds {made_for} data with observations {shapes[0]} and actions {shapes[1]}; "
+                         f"{env} has observations ({s.obs_dim},) and actions ({s.act_dim},): point --data-dir at "
+                         f"{env} data, or delete the file and run {collect_command(env, data_dir)}")
     trajs = split_trajectories(flat)
     if num_trajs is not None:
         if num_trajs > len(trajs):

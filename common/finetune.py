@@ -8,14 +8,20 @@ sets of episodes: validation episodes and reporting episodes (disjoint reset see
 Reported, all on the reporting episodes: zero-shot; selected (the checkpoint after finetuning began
 with the best *validation* score: an honest estimate); best (the best reporting score after
 finetuning began, the paper's choice: optimistic, as it is the maximum of what it reports); final.
-MetaWorld selects on validation success, ties broken by return. <run-dir>/<run-name>/result.json is
-written atomically at the end.
+MetaWorld selects on validation success, ties broken by return.
+
+Files (docs/protocol.md): <run-dir>/<run-name>/result.json, written atomically at the end. While a run
+is going, each finished task is kept in <run-dir>/<run-name>/tasks/, so a killed run, rerun with the
+same flags, redoes only the task it was in (each task is seeded on its own: the numbers are those of
+an uninterrupted run). A finished run rerun with the same flags is skipped; with other flags it is
+refused unless --overwrite. A lock file excludes a second process with the same run name.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -24,7 +30,8 @@ import numpy as np
 import torch
 
 from common.cli import run as run_cli
-from common.data import QUALITIES, gather, load_trajectories, pack, returns_to_go, sample_windows, sparsify
+from common.data import (QUALITIES, atomic_write_json, gather, load_trajectories, lock_folder, pack, returns_to_go,
+                         sample_windows, sparsify)
 from common.envs import ENV_NAMES, spec
 from common.model import default_checkpoint, load_pretrained, num_params
 from common.rollout import eval_seeds, evaluate, task_prompt_and_target
@@ -69,8 +76,8 @@ class FinetuneArgs:
     """AdamW weight decay of the policy's trainable parameters"""
     grad_clip: float = 0.25
     """gradient-norm clip of the policy's update (as in pretraining)"""
-    lr: float = -1.0
-    """learning rate of the policy's trainable parameters (-1: per tuning, prompt 1e-2, lora 1e-3,
+    lr: float | None = None
+    """learning rate of the policy's trainable parameters (default: per tuning, prompt 1e-2, lora 1e-3,
     decorator 3e-4, full 1e-4)"""
     tasks: tuple[int, ...] = ()
     """test tasks to adapt to (default: all of the env's test tasks)"""
@@ -98,6 +105,42 @@ class FinetuneArgs:
     """wandb project"""
     no_presets: bool = False
     """ignore the env's presets (common/presets.json): every default is the script's own"""
+    overwrite: bool = False
+    """replace a finished result (or unfinished tasks) of this --run-name made with other flags"""
+
+
+# Flag checks for every script's Args (a flag a script does not have is skipped): bad values end
+# with a one-line error before anything is loaded or written.
+AT_LEAST_1 = ("num_trajs", "total_steps", "eval_every", "eval_episodes", "batch_size", "lora_rank", "update_epochs",
+              "gae_every", "critic_batch", "num_random", "num_target_samples")
+POSITIVE = ("lr", "lora_alpha", "decorator_bound", "grad_clip", "policy_std", "beta", "critic_lr", "clip_eps", "tau",
+            "gamma")
+NON_NEGATIVE = ("weight_decay", "alpha", "bc_weight", "threads", "target_sample_std")
+AT_MOST_1 = ("gamma", "tau", "gae_lambda")
+# flags that change how a run is executed or where it is written, not its numbers
+NOT_RESULT = ("threads", "cuda", "track", "wandb_project", "run_dir", "run_name", "data_dir", "no_presets", "overwrite")
+
+
+def check_args(args) -> None:
+    v = dataclasses.asdict(args)
+    flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    for k in v:
+        x = v[k]
+        if x is None or isinstance(x, (bool, str, tuple)):
+            continue
+        if k in AT_LEAST_1 and x < 1:
+            raise ValueError(f"{flag(k)} must be at least 1, got {x}")
+        if k in POSITIVE and not x > 0:
+            raise ValueError(f"{flag(k)} must be positive, got {x}")
+        if k in NON_NEGATIVE and not x >= 0:
+            raise ValueError(f"{flag(k)} must be 0 or more, got {x}")
+        if k in AT_MOST_1 and not 0 <= x <= 1:
+            raise ValueError(f"{flag(k)} must be in [0, 1], got {x}")
+    if v.get("critic_warmup", -1) < -1:
+        raise ValueError(f"--critic-warmup must be -1 (scaled with the run) or 0 or more, got {v['critic_warmup']}")
+    dup = sorted({t for t in args.tasks if args.tasks.count(t) > 1})
+    if dup:
+        raise ValueError(f"--tasks lists {dup} more than once; name each task once")
 
 
 # RFT_PRESETS points elsewhere (the tests use it, so they never touch the shipped file)
@@ -188,20 +231,20 @@ class Run:
 
     def __init__(self, args: FinetuneArgs, algo: str):
         self.args, self.algo = args, algo
+        check_args(args)
         self.sp = spec(args.env)
         bad = [t for t in args.tasks if t not in self.sp.test_tasks]
         if bad:
             raise ValueError(f"--tasks {bad} are not test tasks of {args.env}; choose from {list(self.sp.test_tasks)}")
         if args.quality not in QUALITIES:
             raise ValueError(f"unknown --quality {args.quality!r}; choose one of {', '.join(QUALITIES)}")
-        for k in ("num_trajs", "total_steps", "eval_every", "eval_episodes", "batch_size"):
-            if getattr(args, k) < 1:
-                raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
-        self.tasks = list(args.tasks) or list(self.sp.test_tasks)
-        self.lr = args.lr if args.lr > 0 else DEFAULT_LR[args.tuning]
+        self.all_tasks = list(args.tasks) or list(self.sp.test_tasks)
+        self.lr = args.lr or DEFAULT_LR[args.tuning]
         self.name = args.run_name or run_name(algo, args.env, args.tuning, args.quality, args.num_trajs,
                                               args.sparse_reward, getattr(args, "max_target", False), args.seed)
-        self.path = os.path.join(args.run_dir, self.name, "result.json")
+        self.dir = os.path.join(args.run_dir, self.name)
+        self.path = os.path.join(self.dir, "result.json")
+        self.config = {**dataclasses.asdict(args), "algo": algo, "lr": self.lr}
         if args.threads:
             torch.set_num_threads(args.threads)
         self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
@@ -209,13 +252,51 @@ class Run:
         self.model = load_pretrained(ckpt, args.env, self.sp.obs_dim, self.sp.act_dim, self.device)
         self.model.requires_grad_(False)
         # every task's data are loaded up front, so a bad flag fails before any training
-        self.data = {t: self._task_data(t) for t in self.tasks}
-        self.results, self.t0, self.step_time = [], time.perf_counter(), 0.0
-        self.trainable = None
-        if args.track:
+        self.data = {t: self._task_data(t) for t in self.all_tasks}
+        self.t0, self.step_time, self.trainable = time.perf_counter(), 0.0, None
+        self.results, self.times, self.saved = {}, {}, None  # task -> its summary, its times; a finished result
+        self._lock()
+        self.tasks = [t for t in self.all_tasks if t not in self.results]  # what is left to train
+        if args.track and self.tasks:
             import wandb
 
-            wandb.init(project=args.wandb_project, name=self.name, config={**dataclasses.asdict(args), "algo": algo})
+            wandb.init(project=args.wandb_project, name=self.name, config=self.config)
+
+    def _same_config(self, other: dict) -> list[str]:
+        """Flags (numbers-changing ones only) on which a saved config differs from this run's."""
+        return [f"--{k.replace('_', '-')} {other[k]} vs {v}" for k, v in self.config.items()
+                if k in other and k not in NOT_RESULT and other[k] != (list(v) if isinstance(v, tuple) else v)]
+
+    def _lock(self) -> None:
+        """Take the run's lock (before anything is written into its folder), then pick up what an earlier
+        run of this name left: a finished result (skip it, or refuse other flags) and finished tasks."""
+        self._lock_file = lock_folder(self.dir, "choose another --run-name")
+        saved = [self.path] if os.path.exists(self.path) else []
+        task_dir = os.path.join(self.dir, "tasks")
+        saved += [os.path.join(task_dir, f) for f in sorted(os.listdir(task_dir))] if os.path.isdir(task_dir) else []
+        for path in saved:
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+                diff = self._same_config(old["config"])
+            except (OSError, ValueError, KeyError, TypeError):
+                diff = ["(unreadable)"]
+            if diff and not self.args.overwrite:
+                self._release()
+                raise ValueError(f"{path} was made with other flags ({', '.join(diff[:3])}); choose another "
+                                 f"--run-name, or pass --overwrite to replace it")
+            if diff:
+                continue
+            if path == self.path:
+                self.saved, self.results = old, {t["task"]: t for t in old["tasks"]}
+                print(f"{self.name}: already finished with these flags, kept {self.path} (--overwrite "
+                      f"to redo with other flags, or delete it)")
+                return
+            task = old["result"]["task"]
+            if task in self.all_tasks:
+                self.results[task] = old["result"]
+                self.times[task] = {k: old[k] for k in ("wall_time_s", "train_time_s")}
+                print(f"task {task}: finished by an earlier run, kept {path}")
 
     def _task_data(self, task: int) -> dict:
         a = self.args
@@ -302,6 +383,7 @@ class Run:
 
     def zero_shot(self, policy: TunedPolicy, task: int) -> list[dict]:
         """Evaluate the untouched policy: the task's curve starts with it, and its training clock starts."""
+        self._task_t = (time.perf_counter(), self.step_time)  # the task's wall and training clocks start
         curve = [{"step": 0, **self.evaluate(policy, task)}]
         print(f"task {task}: zero-shot return {curve[0]['return']:.1f}")
         self._clock = time.perf_counter()
@@ -316,7 +398,7 @@ class Run:
         a = self.args
         self.step_time += time.perf_counter() - self._clock
         curve.append({"step": step, **self.evaluate(policy, task), **logs})
-        done = len(self.results) * a.total_steps + step  # steps of all tasks so far
+        done = self.tasks.index(task) * a.total_steps + step  # steps of this process's tasks so far
         sps = done / self.step_time if self.step_time else 0
         left = len(self.tasks) * a.total_steps - done
         print(f"task {task} step {step}/{a.total_steps}: return {curve[-1]['return']:.1f} "
@@ -329,33 +411,55 @@ class Run:
         self._clock = time.perf_counter()
 
     def record(self, task: int, curve: list[dict]) -> None:
-        """A finished task's zero-shot, selected, best and final scores (see the module doc)."""
-        self.results.append(summarise(curve, self.args.env == "metaworld") | {"task": task})
+        """A finished task's zero-shot, selected, best and final scores (see the module doc), kept on disk
+        at once so that a killed run resumes after it."""
+        now = time.perf_counter()
+        self.results[task] = summarise(curve, self.args.env == "metaworld") | {"task": task}
+        self.times[task] = {"wall_time_s": now - self._task_t[0], "train_time_s": self.step_time - self._task_t[1]}
+        atomic_write_json(os.path.join(self.dir, "tasks", f"task_{task:02d}.json"),
+                          {"config": self.config, "result": self.results[task], **self.times[task]})
+        self._task_t = (now, self.step_time)
 
     def finish(self) -> dict:
+        """Write result.json (means over the tasks, each task's curve and scores, the config), drop the
+        per-task files it now holds, release the lock. A run that was already finished returns its result."""
+        if self.saved is not None:
+            self._release()
+            return self.saved
         a = self.args
-        mean = lambda k: float(np.mean([r[k] for r in self.results]))  # noqa: E731
-        res = {"algo": self.algo, "config": {**dataclasses.asdict(a), "algo": self.algo, "lr": self.lr},
+        if self.trainable is None:  # every task was finished by an earlier run
+            self.policy(self.all_tasks[0])
+        tasks = [self.results[t] for t in self.all_tasks]
+        mean = lambda k: float(np.mean([r[k] for r in tasks]))  # noqa: E731
+        res = {"algo": self.algo, "config": self.config,
                "zero_shot": mean("zero_shot"), "selected": mean("selected"), "best": mean("best"),
-               "final": mean("final"), "selected_val": mean("selected_val"),
-               "tasks": self.results, "wall_time_s": time.perf_counter() - self.t0,
-               "train_time_s": self.step_time, "trainable_params": self.trainable[0],
-               "trainable_bytes": self.trainable[1],
+               "final": mean("final"), "selected_val": mean("selected_val"), "tasks": tasks,
+               # this process's time (set-up included) plus that of the tasks an earlier run finished
+               "wall_time_s": time.perf_counter() - self.t0 + sum(self.times[t]["wall_time_s"] for t in self.all_tasks
+                                                                  if t not in self.tasks),
+               "train_time_s": sum(self.times[t]["train_time_s"] for t in self.all_tasks),
+               # results are bit-identical for the same flags and thread count (see README: reproducibility)
+               "threads": torch.get_num_threads(), "device": str(self.device),
+               "trainable_params": self.trainable[0], "trainable_bytes": self.trainable[1],
                "model": {"n_layer": self.model.cfg.n_layer, "n_embd": self.model.cfg.n_embd,
                          "n_head": self.model.cfg.n_head, "params": num_params(self.model)}}
         if a.env == "metaworld":
             res.update({k: mean(k) for k in ("zero_shot_success", "selected_success", "best_success",
                                              "final_success")})
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path + ".tmp", "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(self.path + ".tmp", self.path)
+        atomic_write_json(self.path, res)
+        shutil.rmtree(os.path.join(self.dir, "tasks"), ignore_errors=True)
+        self._release()
         print(f"{self.name}: zero-shot {res['zero_shot']:.1f}, selected {res['selected']:.1f}, "
               f"best {res['best']:.1f}, final {res['final']:.1f} "
               f"({res['wall_time_s'] / 60:.1f} min) -> {self.path}")
-        if a.track:
+        if a.track and self.tasks:
             import wandb
 
             wandb.log({k: res[k] for k in ("zero_shot", "selected", "best", "final")})
             wandb.finish()
         return res
+
+    def _release(self) -> None:
+        """Remove the lock file and unlock (a process that opened it meanwhile re-checks result.json)."""
+        os.unlink(self._lock_file.name)
+        self._lock_file.close()

@@ -142,17 +142,19 @@ def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def pretrain_command(env: str, cfg: dict | None = None) -> str:
+def pretrain_command(env: str, cfg: dict | None = None, out: str = "") -> str:
+    """The pretrain_pdt.py command that makes a checkpoint of this env and model size at `out`."""
     extra = ""
     if cfg is not None:
         extra = "".join(f" --{k.replace('_', '-')} {cfg[k]}" for k in ("n_layer", "n_embd", "n_head")
                         if cfg[k] != ModelConfig.__dataclass_fields__[k].default)
-    return f"python pretrain_pdt.py --env {env}{extra}"
+    return f"python pretrain_pdt.py --env {env}{extra}" + (f" --out {out}" if out else "")
 
 
 def default_checkpoint(env: str, n_layer: int = 3, n_embd: int = 128, n_head: int = 1) -> str:
-    """Where pretrain_pdt.py saves and the finetuning scripts look: pretrained/<env>.pt at the
-    default scale (kept in git), pretrained/<env>_l<L>_e<E>_h<H>.pt otherwise."""
+    """Where the finetuning scripts look by default: pretrained/<env>.pt at the default scale (kept in
+    git), pretrained/<env>_l<L>_e<E>_h<H>.pt otherwise. pretrain_pdt.py writes there only when told
+    (--out), so an experimental pretraining never replaces a shipped checkpoint."""
     default = (n_layer, n_embd, n_head) == (3, 128, 1)
     return f"pretrained/{env}.pt" if default else f"pretrained/{env}_l{n_layer}_e{n_embd}_h{n_head}.pt"
 
@@ -163,14 +165,14 @@ def load_pretrained(path: str, env: str, obs_dim: int, act_dim: int, device="cpu
     import os
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"pretrained checkpoint {path} is missing; make it with: {pretrain_command(env, None)}"
+        raise FileNotFoundError(f"pretrained checkpoint {path} is missing; make it with: {pretrain_command(env, None, path)}"
                                 f" (or pass --pretrained PATH)")
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
         cfg_d, sd = ck["config"], ck["state_dict"]
     except Exception as e:  # noqa: BLE001 (any unreadable file gets the same one-line message)
         raise RuntimeError(f"pretrained checkpoint {path} is unreadable ({type(e).__name__}); "
-                           f"remake it with: {pretrain_command(env, None)}") from None
+                           f"remake it with: {pretrain_command(env, None, path)} --overwrite") from None
     mism = []
     if ck.get("env") != env:
         mism.append(f"env {ck.get('env')} != {env}")
@@ -178,14 +180,16 @@ def load_pretrained(path: str, env: str, obs_dim: int, act_dim: int, device="cpu
         if cfg_d.get(k) != want:
             mism.append(f"{k} {cfg_d.get(k)} != {want}")
     if mism:
+        want = {**cfg_d, **expect}
+        out = default_checkpoint(env, want["n_layer"], want["n_embd"], want["n_head"])
         raise ValueError(f"pretrained checkpoint {path} does not match this run: {', '.join(mism)}; "
-                         f"pass the right --pretrained or make one with: {pretrain_command(env, {**cfg_d, **expect})}")
+                         f"pass the right --pretrained or make one with: {pretrain_command(env, want, out)}")
     model = PromptDT(ModelConfig(**cfg_d)).to(device)
     own = model.state_dict()
     bad = [k for k in own if k not in sd or sd[k].shape != own[k].shape] + [k for k in sd if k not in own]
     if bad:
         raise ValueError(f"pretrained checkpoint {path} has weights that do not fit its config "
                          f"({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}); remake it with: "
-                         f"{pretrain_command(env, cfg_d)}")
+                         f"{pretrain_command(env, cfg_d, path)} --overwrite")
     model.load_state_dict(sd)
     return model

@@ -268,7 +268,7 @@ def test_a_nan_loss_stops_the_run_without_a_result(setup, monkeypatch):
     monkeypatch.setattr(sft, "sft_loss", lambda *a: real(*a) * float("nan"))
     with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
         run_algo(setup, "sft", run_dir="nan")
-    assert not os.path.exists(os.path.join(setup, "nan"))
+    assert not os.path.exists(os.path.join(setup, "nan", "sft_halfcheetahvel_full_expert_n4_s1", "result.json"))
 
 
 def cli(*argv):

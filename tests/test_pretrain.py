@@ -54,8 +54,10 @@ def test_pretrain_resumes_after_a_kill_and_matches_an_uninterrupted_run(tmp_path
     assert [e["step"] for e in out["log"]] == [30, 60]
     for k, v in ref["state_dict"].items():
         torch.testing.assert_close(out["state_dict"][k], v, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pre.pt exists; pass --overwrite"):  # a finished checkpoint is kept
+        pretrain_pdt.main(args)
     with pytest.raises(ValueError, match="made with other flags"):
-        pretrain_pdt.main(tiny_args(tmp_path / "b", lr=1e-3))
+        pretrain_pdt.main(tiny_args(tmp_path / "b", lr=1e-3, out=str(tmp_path / "other.pt")))
 
 
 def test_missing_data_names_the_collect_command(tmp_path):

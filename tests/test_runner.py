@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmark"))
@@ -34,3 +35,43 @@ def test_runner_skips_done_runs_and_lists_failures(tmp_path):
     assert out.returncode == 1
     assert "[2/2]" in out.stdout and "1 of 2 commands failed" in out.stdout and "no_such_script.py" in out.stdout
     assert len(os.listdir(tmp_path / "logs")) == 2
+
+
+def test_bad_lines_and_missing_programs_are_failures_in_the_summary_not_crashes(tmp_path):
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text("python -c 'print(1)\nno_such_program --flag\npython -c 'print(2)'\n")
+    out = subprocess.run([sys.executable, "benchmark/run.py", str(cmds), "--log-dir", str(tmp_path / "logs"),
+                          "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    assert "skipping a line that does not parse: python -c 'print(1)" in out.stdout
+    assert "1 of 2 commands failed" in out.stdout and "exit 127: no_such_program --flag" in out.stdout
+    assert "1 lines did not parse" in out.stdout
+    out = subprocess.run([sys.executable, "benchmark/run.py", str(cmds), "--workers", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--workers must be at least 1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_commands_die_with_the_runner_even_after_kill_9(tmp_path):
+    pid_file = tmp_path / "pid"
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text(f"python -c 'import os, time; open(\"{pid_file}\", \"w\").write(str(os.getpid())); time.sleep(120)'\n")
+    runner = subprocess.Popen([sys.executable, "benchmark/run.py", str(cmds), "--log-dir", str(tmp_path / "logs")],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() - t0 < 60:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    runner.kill()  # SIGKILL: no handler runs in the runner
+    runner.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return "\nState:\tZ" not in f.read()  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    t0 = time.time()
+    while alive(child) and time.time() - t0 < 10:
+        time.sleep(0.05)
+    assert not alive(child)

@@ -1,0 +1,209 @@
+"""Bad input ends with one line that names the cause and the fix, no traceback, nothing written or
+replaced; a killed run resumes by task; the runner's commands die with it; a run name is taken once."""
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import pretrain_pdt
+from common.cli import run as run_cli
+from common.data import dataset_path, lock_folder, save_trajectories
+from common.envs import spec
+from common.finetune import ALGOS, cli as finetune_cli
+from conftest import make_fake_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = "halfcheetahvel"
+TASK = spec(ENV).test_tasks[0]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Fake data, a tiny pretrained model, a finished result made with other flags, a data file of the
+    wrong shape, and a file where a folder should be."""
+    root = tmp_path_factory.mktemp("bad")
+    sp = spec(ENV)
+    make_fake_data(root / "data", ENV, list(sp.train_tasks[:2]) + list(sp.test_tasks), n_trajs=6, length=30)
+    pretrain_pdt.main(pretrain_pdt.Args(env=ENV, data_dir=str(root / "data"), run_dir=str(root / "pre_runs"),
+                                        out=str(root / "pre.pt"), train_tasks=2, num_trajs=6, n_layer=1, n_embd=16,
+                                        K=5, batch_size=8, total_steps=4, eval_every=4, eval_episodes=1, threads=1))
+    old = root / "done" / f"sft_{ENV}_full_expert_n4_s1"
+    old.mkdir(parents=True)
+    (old / "result.json").write_text(json.dumps({"config": {"env": ENV, "total_steps": 999}, "tasks": []}))
+    rng = np.random.default_rng(0)
+    wrong = [{"observations": rng.normal(size=(30, 10)), "next_observations": rng.normal(size=(30, 10)),
+              "actions": rng.normal(size=(30, sp.act_dim)), "rewards": np.zeros(30), "terminals": np.zeros(30, bool),
+              "timeouts": np.r_[np.zeros(29, bool), True]} for _ in range(6)]
+    save_trajectories(dataset_path(str(root / "wrongdim"), ENV, "expert", TASK), wrong, env=ENV, task=TASK)
+    (root / "a_file").write_text("")
+    (root / "report_trunc" / "x").mkdir(parents=True)
+    (root / "report_trunc" / "x" / "result.json").write_text('{"algo": "sft", "con')
+    (root / "report_empty" / "x").mkdir(parents=True)
+    (root / "report_empty" / "x" / "result.json").write_text("{}")
+    return root
+
+
+def tree(path) -> dict:
+    """Every file under path with its size and modification time: what 'nothing written' compares."""
+    out = {}
+    for d, _, files in os.walk(path):
+        for f in files:
+            st = os.stat(os.path.join(d, f))
+            out[os.path.join(d, f)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def call(script: str, argv: list[str], monkeypatch, capsys) -> str:
+    """Run a script's command line in this process; returns its error message (it must exit != 0)."""
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
+    mod = importlib.import_module(script if script != "report" else "benchmark.report")
+    with pytest.raises(SystemExit) as e:
+        if script in ALGOS:
+            finetune_cli(mod.main, mod.Args)
+        elif script == "report":
+            sys.exit(mod.main())
+        else:
+            run_cli(mod.main, mod.Args)
+    assert e.value.code not in (0, None)
+    return e.value.code if isinstance(e.value.code, str) else capsys.readouterr().err
+
+
+F = "{root}"  # replaced by the fixture's folder
+FT = ["--data-dir", f"{F}/data", "--pretrained", f"{F}/pre.pt", "--run-dir", f"{F}/runs", "--tasks", str(TASK),
+      "--num-trajs", "4", "--total-steps", "2", "--eval-every", "2", "--eval-episodes", "1", "--threads", "1"]
+PRE = ["--data-dir", f"{F}/data", "--run-dir", f"{F}/pre_bad", "--train-tasks", "2", "--num-trajs", "6",
+       "--n-layer", "1", "--n-embd", "16", "--K", "5", "--batch-size", "8", "--total-steps", "4", "--threads", "1"]
+COL = ["--data-dir", f"{F}/col", "--tasks", str(TASK), "--num-trajs", "2", "--threads", "1"]
+
+# (script, flags, what the one-line message must say: the cause, and where it applies the fix)
+CASES = [(algo, flags, want) for algo in ALGOS for flags, want in [
+    (["--lr", "0"], "--lr must be positive"),
+    (["--lr", "-0.5"], "--lr must be positive"),
+    (["--total-steps", "0"], "--total-steps must be at least 1"),
+    (["--tuning", "lora", "--lora-rank", "0"], "--lora-rank must be at least 1"),
+    (["--tasks", str(TASK), str(TASK)], "more than once"),
+    (["--pretrained", f"{F}/none.pt"], f"make it with: python pretrain_pdt.py --env {ENV} --out {F}/none.pt"),
+    (["--run-dir", f"{F}/a_file/runs"], "choose a writable --run-dir"),
+]] + [
+    ("sft", ["--eval-every", "0"], "--eval-every must be at least 1"),
+    ("sft", ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ("sft", ["--eval-episodes", "0"], "--eval-episodes must be at least 1"),
+    ("sft", ["--num-trajs", "0"], "--num-trajs must be at least 1"),
+    ("sft", ["--num-trajs", "60"], "use at most 6"),
+    ("sft", ["--threads", "-2"], "--threads must be 0 or more"),
+    ("sft", ["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    ("sft", ["--grad-clip", "0"], "--grad-clip must be positive"),
+    ("sft", ["--tasks", "0"], "not test tasks of halfcheetahvel"),
+    ("sft", ["--data-dir", f"{F}/nodata"], f"python collect_data.py --env {ENV} --data-dir {F}/nodata"),
+    ("sft", ["--data-dir", f"{F}/wrongdim"], "observations (10,) and actions (6,); halfcheetahvel has observations (17,)"),
+    ("sft", ["--run-dir", f"{F}/done"], "made with other flags (--total-steps 999 vs 2); choose another --run-name"),
+    ("sft", ["--tuning", "lora", "--lora-rank", "-2"], "--lora-rank must be at least 1"),
+    ("sft", ["--tuning", "lora", "--lora-alpha", "0"], "--lora-alpha must be positive"),
+    ("sft", ["--tuning", "decorator", "--decorator-bound", "-1"], "--decorator-bound must be positive"),
+    ("dpo", ["--policy-std", "0"], "--policy-std must be positive"),
+    ("dpo", ["--beta", "-1"], "--beta must be positive"),
+    ("qp_dpo", ["--policy-std", "-0.1"], "--policy-std must be positive"),
+    ("qp_dpo", ["--alpha", "-1"], "--alpha must be 0 or more"),
+    ("qp_dpo", ["--tau", "2"], "--tau must be in [0, 1]"),
+    ("grpo", ["--update-epochs", "0"], "--update-epochs must be at least 1"),
+    ("grpo", ["--clip-eps", "0"], "--clip-eps must be positive"),
+    ("grpo", ["--bc-weight", "-1"], "--bc-weight must be 0 or more"),
+    ("grpo", ["--policy-std", "0"], "--policy-std must be positive"),
+    ("ppo", ["--gae-every", "0"], "--gae-every must be at least 1"),
+    ("ppo", ["--gamma", "5"], "--gamma must be in [0, 1]"),
+    ("ppo", ["--gae-lambda", "2"], "--gae-lambda must be in [0, 1]"),
+    ("ppo", ["--update-epochs", "0"], "--update-epochs must be at least 1"),
+    ("ppo", ["--critic-lr", "0"], "--critic-lr must be positive"),
+    ("cql", ["--alpha", "-5"], "--alpha must be 0 or more"),
+    ("cql", ["--critic-batch", "0"], "--critic-batch must be at least 1"),
+    ("cql", ["--num-random", "0"], "--num-random must be at least 1"),
+    ("cql", ["--tau", "0"], "--tau must be positive"),
+    ("cql", ["--critic-warmup", "-2"], "--critic-warmup must be -1"),
+    ("qp_sft", ["--alpha", "-5"], "--alpha must be 0 or more"),
+    ("qp_sft", ["--gamma", "5"], "--gamma must be in [0, 1]"),
+    ("qp_sft", ["--critic-batch", "0"], "--critic-batch must be at least 1"),
+    ("qp_sft", ["--num-target-samples", "0"], "--num-target-samples must be at least 1"),
+    ("qp_sft", ["--target-sample-std", "-1"], "--target-sample-std must be 0 or more"),
+    ("pretrain_pdt", ["--total-steps", "0"], "--total-steps must be at least 1"),
+    ("pretrain_pdt", ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ("pretrain_pdt", ["--eval-every", "0"], "--eval-every must be at least 1"),
+    ("pretrain_pdt", ["--warmup-steps", "0"], "--warmup-steps must be at least 1"),
+    ("pretrain_pdt", ["--n-embd", "100", "--n-head", "3"], "--n-embd 100 is not a multiple of --n-head 3"),
+    ("pretrain_pdt", ["--lr", "0"], "--lr and --grad-clip must be positive"),
+    ("pretrain_pdt", ["--dropout", "1"], "--dropout must be in [0, 1)"),
+    ("pretrain_pdt", ["--train-tasks", "0"], "--train-tasks must be -1 (all) or at least 1"),
+    ("pretrain_pdt", ["--K", "0"], "--K must be at least 1"),
+    ("pretrain_pdt", ["--out", f"{F}/pre.pt"], "pre.pt exists; pass --overwrite to replace it"),
+    ("pretrain_pdt", ["--data-dir", f"{F}/nodata"], f"python collect_data.py --env {ENV} --data-dir {F}/nodata"),
+    ("collect_data", ["--num-trajs", "0"], "--num-trajs must be at least 1"),
+    ("collect_data", ["--num-trajs", "-2"], "--num-trajs must be at least 1"),
+    ("collect_data", ["--tasks", "99"], "--tasks must be in 0..49"),
+    ("collect_data", ["--tasks", "1", "1"], "more than once"),
+    ("collect_data", ["--workers", "0"], "--workers must be at least 1"),
+    ("collect_data", ["--calib-iters", "0"], "--calib-iters must be at least 1"),
+    ("collect_data", ["--num-envs", "0"], "--num-envs must be -1"),
+    ("collect_data", ["--threads", "-2"], "--threads must be 0"),
+    ("report", ["runs", "--run-dir", f"{F}/report_trunc", "--out-dir", f"{F}/rep"], "is not a finished result"),
+    ("report", ["runs", "--run-dir", f"{F}/report_empty", "--out-dir", f"{F}/rep"], "delete it and rerun"),
+]
+
+
+@pytest.mark.parametrize("script,flags,want", CASES, ids=[f"{s}:{' '.join(f)}" for s, f, _ in CASES])
+def test_bad_input_is_one_line_naming_the_fix_and_writes_nothing(root, monkeypatch, capsys, script, flags, want):
+    base = {"pretrain_pdt": PRE, "collect_data": COL, "report": []}.get(script, FT)
+    argv = [a.replace(F, str(root)) for a in base + flags]
+    before = tree(root)
+    msg = call(script, argv, monkeypatch, capsys).strip()
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    assert want.replace(F, str(root)) in msg, msg
+    assert tree(root) == before  # nothing written, nothing replaced
+    assert not os.path.exists(root / "runs") and not os.path.exists(root / "pre_bad")
+
+
+def test_a_run_name_in_use_is_refused_and_free_again_when_the_other_ends(root, monkeypatch, capsys):
+    argv = [a.replace(F, str(root)) for a in FT] + ["--run-dir", str(root / "locked")]
+    held = lock_folder(str(root / "locked" / f"sft_{ENV}_full_expert_n4_s1"), "test")
+    msg = call("sft", argv, monkeypatch, capsys)
+    assert msg.startswith("error: another process is running") and "another --run-name" in msg
+    held.close()
+    monkeypatch.setattr(sys, "argv", ["sft.py", *argv])
+    import sft
+    finetune_cli(sft.main, sft.Args)  # the name is free again: the run goes through
+    run = root / "locked" / f"sft_{ENV}_full_expert_n4_s1"
+    assert json.loads((run / "result.json").read_text())["threads"] == 1 and not (run / ".lock").exists()
+
+
+def sft_cmd(root, run_dir: str) -> list[str]:
+    return [sys.executable, "sft.py", "--env", ENV, "--tasks", "2", "13", "--num-trajs", "4", "--total-steps", "300",
+            "--eval-every", "150", "--eval-episodes", "1", "--batch-size", "4", "--threads", "1", "--data-dir",
+            str(root / "data"), "--pretrained", str(root / "pre.pt"), "--run-dir", str(root / run_dir)]
+
+
+def test_a_killed_run_resumes_by_task_with_the_numbers_of_an_uninterrupted_one(root):
+    name = f"sft_{ENV}_full_expert_n4_s1"
+    proc = subprocess.Popen(sft_cmd(root, "killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = root / "killed" / name / "tasks" / "task_02.json"
+    t0 = time.time()
+    while not first.exists() and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # killed during the second task
+    proc.wait()
+    assert first.exists() and not (root / "killed" / name / "result.json").exists()
+    out = subprocess.run(sft_cmd(root, "killed"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "task 2: finished by an earlier run" in out.stdout and "task 2: zero-shot" not in out.stdout
+    resumed = json.loads((root / "killed" / name / "result.json").read_text())
+    assert not (root / "killed" / name / "tasks").exists()  # result.json now holds them
+    ref = subprocess.run(sft_cmd(root, "whole"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    whole = json.loads((root / "whole" / name / "result.json").read_text())
+    assert ref.returncode == 0 and resumed["tasks"] == whole["tasks"]  # bit-identical: same flags and threads
+    # a finished run is skipped, not redone or replaced
+    again = subprocess.run(sft_cmd(root, "whole"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already finished with these flags" in again.stdout
+    assert json.loads((root / "whole" / name / "result.json").read_text()) == whole
