@@ -4,8 +4,9 @@
 
 Experiments: table1 table2 fig1 fig2 fig34 fig5 fig7 table4 table6 fig8 (or `all`), and `runs`: one row
 per setting found (any mix of runs, e.g. the quickstart's) with its learning curves. Each writes
-<out-dir>/<experiment>.md (tables laid out like the paper's: mean +- half-width of the 95% bootstrap CI
-over seeds, selected, final and best checkpoints) and a PNG figure. A run is picked by its config (algorithm, env,
+<out-dir>/<experiment>.md (tables laid out like the paper's: mean +- half-width of the 95% Student-t interval
+over seeds, selected, final and best checkpoints; Table 1 adds IQM, mean and probability of improvement
+over seeds x tasks with stratified-bootstrap intervals, see benchmark/stats.py) and a PNG figure. A run is picked by its config (algorithm, env,
 tuning, quality, trajectories, sparse, alpha, model size), not by its name, so experiments share runs.
 Missing cells print as "-", so a half-finished sweep still reports what it has.
 """
@@ -24,6 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmark.stats import aggregate, iqm, mean, performance_profile, probability_of_improvement, t_interval  # noqa: E402
 from common.data import atomic_write  # noqa: E402
 from common.envs import ENV_NAMES  # noqa: E402
 from common.finetune import ALGOS  # noqa: E402  (the paper's column order)
@@ -88,27 +90,9 @@ def main_setting(runs: list[dict], n_main: int) -> list[dict]:
             and r["size"] == DEFAULT_SIZE]
 
 
-def bootstrap_ci(x, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """mean and the 95% percentile-bootstrap interval of the mean (nan interval for one value)."""
-    x = np.asarray(x, float)
-    if len(x) == 0:
-        return np.nan, np.nan, np.nan
-    if len(x) == 1:
-        return float(x[0]), np.nan, np.nan
-    means = np.random.default_rng(seed).choice(x, (n_boot, len(x))).mean(1)
-    return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def iqm(x) -> float:
-    """interquartile mean (rliable): the mean of the middle 50% of the values."""
-    x = np.sort(np.asarray(x, float))
-    n = len(x)
-    return float(x[int(np.floor(n * 0.25)):int(np.ceil(n * 0.75))].mean()) if n else np.nan
-
-
 def fmt(x, digits: int = 2) -> str:
-    """'mean +- half-width' over seeds ('mean' for one seed, '-' for none)."""
-    m, lo, hi = bootstrap_ci(x)
+    """'mean +- half-width of the 95% t interval' over seeds ('mean' for one seed, '-' for none)."""
+    m, lo, hi = t_interval(x)
     if np.isnan(m):
         return "-"
     return f"{m:.{digits}f}" if np.isnan(lo) else f"{m:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
@@ -211,7 +195,7 @@ def protocol_note(runs) -> str:
     c = runs[0]["result"]["config"]
     return (f"{len(runs)} runs; {c['total_steps']} steps per task, evaluation every {c['eval_every']} steps "
             f"with {c['eval_episodes']} episodes per task; {seeds_note(runs)}. Cells: mean ± half-width of the "
-            f"95% bootstrap CI over seeds (mean alone for one seed).")
+            f"95% Student-t interval over seeds (mean alone for one seed; see benchmark/stats.py for why not a bootstrap).")
 
 
 # ---------------------------------------------------------------- Table 1 and its takeaways
@@ -251,19 +235,7 @@ def table1(runs, args) -> list[str]:
                                                                for a in ALGOS])
         text += ["## MetaWorld success rate\n", md_table(["Checkpoint", "Tuning", "Zero-shot", *[LABEL[a] for a in ALGOS]],
                                                          rows), ""]
-    # IQM of the per-task normalised score over seeds x tasks (rliable style), selected checkpoint
-    rows = []
-    for tuning in TUNINGS:
-        row = [TLABEL[tuning]]
-        for algo in ALGOS:
-            xs = [(t["selected"] - normaliser(r["env"])[0][t["task"]]) /
-                  (normaliser(r["env"])[1][t["task"]] - normaliser(r["env"])[0][t["task"]])
-                  for r in select(runs, tuning=tuning, algo=algo) for t in r["result"]["tasks"] if "selected" in t]
-            row.append(f"{iqm(xs):.3f} (n={len(xs)})" if xs else "-")
-        rows.append(row)
-    text += ["## IQM of the normalised score over seeds x tasks (selected checkpoint)\n",
-             "Normalised score per task: (return - random) / (expert - random), with the behaviour policy's "
-             "per-task returns from behaviour/<env>.pt.\n", md_table(["Tuning", *[LABEL[a] for a in ALGOS]], rows), ""]
+    text += aggregate_section(runs, envs, args.out_dir)
     # side by side with the paper
     rows = []
     for env in envs:
@@ -282,7 +254,69 @@ def table1(runs, args) -> list[str]:
     text += runtime_section(runs)
     plot_table1(runs, envs, args.out_dir)
     text += ["![Table 1](table1.png)", ""]
-    return [write(args.out_dir, "table1.md", "\n".join(text)), os.path.join(args.out_dir, "table1.png")]
+    return [write(args.out_dir, "table1.md", "\n".join(text)), os.path.join(args.out_dir, "table1.png"),
+            os.path.join(args.out_dir, "table1_profiles.png")]
+
+
+def task_scores(runs, key: str) -> dict:
+    """{(env, task): [normalised score of each run]} of key ("selected", "final", "zero_shot", ...)."""
+    out = defaultdict(list)
+    for r in runs:
+        rnd, exp = normaliser(r["env"])
+        for t in r["result"]["tasks"]:
+            if key in t:
+                out[r["env"], t["task"]].append((t[key] - rnd[t["task"]]) / (exp[t["task"]] - rnd[t["task"]]))
+    return out
+
+
+def aggregate_section(runs, envs, out_dir) -> list[str]:
+    """Agarwal et al. (2021): IQM and mean of the normalised score over seeds x tasks with stratified-bootstrap
+    intervals, the probability of improvement over SFT and over zero-shot, and performance profiles."""
+    tunings = present(runs, "tuning", TUNINGS)
+    text = ["## Aggregates over seeds x tasks (Agarwal et al., 2021)\n",
+            f"Normalised score per task: (return - random) / (expert - random), the behaviour policy's per-task returns "
+            f"(behaviour/<env>.pt); tasks of {', '.join(ELABEL[e] for e in envs)} pooled. IQM and mean with 95% "
+            "stratified-bootstrap intervals (seeds resampled within each task); P(X > SFT) and P(X > zero-shot): the "
+            f"probability that a run of X beats one of the other on a random task, 95% interval likewise "
+            f"(benchmark/stats.py). n: runs x tasks. Performance profiles: table1_profiles.png.\n"]
+    fig, axes = plt_subplots(2 * len(tunings), ncols=2, w=6, h=3.6)
+    for k, tuning in enumerate(tunings):
+        cell = select(runs, tuning=tuning)
+        zero = task_scores({r["seed"]: r for r in cell}.values(), "zero_shot")  # one per seed: the same model
+        for which in ("selected", "final"):
+            scores = {a: task_scores(select(cell, algo=a), which) for a in ALGOS}
+            keys = sorted(set(zero) | {t for s in scores.values() for t in s})
+            ci = lambda m, lo, hi: "-" if np.isnan(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"  # noqa: E731
+            rows = []
+            for a in ("zero_shot", *ALGOS):
+                s = zero if a == "zero_shot" else scores[a]
+                xs = [np.array(s.get(t, [])) for t in keys]
+                if not any(len(x) for x in xs):
+                    continue
+                vs = lambda other: ci(*probability_of_improvement(xs, [np.array(other.get(t, [])) for t in keys]))  # noqa: E731
+                rows.append([LABEL.get(a, "Zero-shot"), sum(map(len, xs)), ci(*aggregate(xs, iqm)), ci(*aggregate(xs, mean)),
+                             "-" if a in ("zero_shot", "sft") else vs(scores["sft"]), "-" if a == "zero_shot" else vs(zero)])
+            text += [f"**{TLABEL[tuning]}, {which} checkpoint**\n",
+                     md_table(["", "n", "IQM", "Mean", "P(X > SFT)", "P(X > zero-shot)"], rows), ""]
+            # performance profile: fraction of runs above tau
+            ax = axes[2 * k + (which == "final")]
+            flat = np.concatenate([np.array(v) for s in [zero, *scores.values()] for v in s.values()] or [np.zeros(1)])
+            taus = np.linspace(flat.min() - 0.02, flat.max() + 0.02, 101)
+            for i, a in enumerate(("zero_shot", *ALGOS)):
+                s = zero if a == "zero_shot" else scores[a]
+                if not s:
+                    continue
+                p, lo, hi = performance_profile([np.array(v) for v in s.values()], taus)
+                style = {"color": "k", "ls": "--"} if a == "zero_shot" else {"color": f"C{i - 1}"}
+                ax.plot(taus, p, label=LABEL.get(a, "zero-shot"), lw=1.2, **style)
+                ax.fill_between(taus, lo, hi, alpha=0.12, color=style["color"])
+            ax.set_title(f"{TLABEL[tuning]}, {which}: performance profile")
+            ax.set_xlabel("normalised score tau")
+            ax.set_ylabel("fraction of runs > tau")
+    if tunings:
+        axes[0].legend(fontsize=7, ncol=2)
+    savefig(fig, out_dir, "table1_profiles.png")
+    return text + ["![Performance profiles](table1_profiles.png)", ""]
 
 
 def takeaways(means, envs) -> str:
@@ -350,7 +384,7 @@ def plot_table1(runs, envs, out_dir):
                 c = select(runs, env=env, tuning=tuning, algo=algo)
                 if not c:
                     continue
-                m, lo, hi = bootstrap_ci(values(c, "selected"))
+                m, lo, hi = t_interval(values(c, "selected"))
                 x = j - 0.4 + width * (i + 0.5)
                 # markers, not bars: returns can be negative, where a bar's length would mean nothing
                 ax.errorbar(x, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt="o", color=f"C{i}",
@@ -367,7 +401,7 @@ def plot_table1(runs, envs, out_dir):
         pad = 0.15 * (hi - lo + 1e-9)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(range(len(TUNINGS)), [TLABEL[t] for t in TUNINGS])
-        ax.set_title(f"{ELABEL[env]}: selected checkpoint (o, 95% CI over seeds), final (x)")
+        ax.set_title(f"{ELABEL[env]}: selected checkpoint (o, 95% t interval over seeds), final (x)")
         ax.set_ylabel("return")
     if envs:
         axes[0].legend(fontsize=7, ncol=3)
@@ -395,7 +429,7 @@ def fig8(runs, args) -> list[str]:
                       if t["task"] == task]
                 row.append(fmt(xs, 3))
                 if xs:
-                    m, lo, hi = bootstrap_ci(xs)
+                    m, lo, hi = t_interval(xs)
                     ax.bar(k - 0.4 + width * (i + 0.5), m, width, color=f"C{i}", label=LABEL[algo] if k == 0 else None,
                            yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], capsize=2)
             rows.append(row)
@@ -462,7 +496,7 @@ def fig1(runs, args) -> list[str]:
     envs = present(runs, "env", ENVS)
     text = [f"# Figure 1: medium vs expert data ({args.n_main} trajectories)\n", protocol_note(runs),
             "Selected checkpoint (chosen on validation episodes), averaged over the tunings run; normalised so the best algorithm of each (env, quality) "
-            "is 1 (the paper's normalisation). Raw returns (mean ± CI over seeds x tunings) in brackets.\n"]
+            "is 1 (the paper's normalisation). Raw returns (mean ± 95% t interval over seeds x tunings) in brackets.\n"]
     fig, axes = plt_subplots(len(envs), ncols=2, w=7, h=3.2)
     rows = []
     for ax, env in zip(axes, envs):
@@ -520,7 +554,7 @@ def fig2(runs, args) -> list[str]:
     ns = sorted({r["num_trajs"] for r in runs})
     rows, png = curves_vs(runs, envs, "num_trajs", ns, args.out_dir, "fig2.png", "Figure 2: number of trajectories")
     text = ["# Figure 2: number of finetuning trajectories (dense reward)\n", protocol_note(runs),
-            "Best checkpoint, mean ± CI over seeds x the tunings run.\n",
+            "Best checkpoint, mean ± 95% t interval over seeds x the tunings run.\n",
             md_table(["Env", "Quality", "Algorithm", *[f"N={n}" for n in ns]], rows), "", "![Figure 2](fig2.png)", ""]
     return [write(args.out_dir, "fig2.md", "\n".join(text)), png]
 
@@ -537,7 +571,7 @@ def fig34(runs, args) -> list[str]:
             md_table(["Env", "Quality", "Algorithm", *[f"N={n}" for n in ns]], rows), "", "![Figure 3](fig3.png)", "",
             f"## Figure 4: dense vs sparse at {args.n_main} trajectories\n",
             "Normalised score (per task, (return - random) / (expert - random)), selected checkpoint, averaged over envs, "
-            "tunings and seeds; mean ± CI over runs.\n"]
+            "tunings and seeds; mean ± 95% t interval over runs.\n"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -550,7 +584,7 @@ def fig34(runs, args) -> list[str]:
             ms = []
             for i, a in enumerate(ALGOS):
                 xs = [normalised(r, "selected") for r in select(base, algo=a, quality=q, sparse=sp, num_trajs=args.n_main)]
-                m, lo, hi = bootstrap_ci(xs)
+                m, lo, hi = t_interval(xs)
                 ms.append(fmt(xs, 3))
                 ax.bar(i + (k - 0.5) * 0.4, m, 0.4, color="C1" if sp else "C0", label=("sparse" if sp else "dense")
                        if i == 0 else None, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], capsize=2)
@@ -607,7 +641,7 @@ def fig7(runs, args) -> list[str]:
     rows, png = curves_vs(runs, envs, "alpha", alphas, args.out_dir, "fig7.png", "Figure 7: alpha", logx=True,
                           algos=["qp_dpo", "qp_sft"])
     text = ["# Figure 7: alpha, the weight of the Q term\n", protocol_note(runs),
-            "Best checkpoint, mean ± CI over seeds x the tunings run.\n",
+            "Best checkpoint, mean ± 95% t interval over seeds x the tunings run.\n",
             md_table(["Env", "Quality", "Algorithm", *[f"alpha={a:g}" for a in alphas]], rows), "",
             "![Figure 7](fig7.png)", ""]
     return [write(args.out_dir, "fig7.md", "\n".join(text)), png]
@@ -667,7 +701,7 @@ def table6(runs, args) -> list[str]:
     for ax, env in zip(axes[0], envs):
         for i, mt in enumerate((False, True)):
             xs = values(select(runs, env=env, max_target=mt), "selected")
-            m, lo, hi = bootstrap_ci(xs)
+            m, lo, hi = t_interval(xs)
             ax.errorbar(i, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt="o", color=f"C{i}", capsize=3)
             ax.plot(i, np.mean(values(select(runs, env=env, max_target=mt), "final") or [np.nan]), "x", color=f"C{i}")
         ax.set_xticks([0, 1], ["original", "max"])

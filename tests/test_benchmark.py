@@ -15,7 +15,7 @@ spec = importlib.util.spec_from_file_location("report", os.path.join(ROOT, "benc
 report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)
 
-OUTPUTS = {"table1": ["table1.md", "table1.png"], "table2": ["table2.md", "table2.png"],
+OUTPUTS = {"table1": ["table1.md", "table1.png", "table1_profiles.png"], "table2": ["table2.md", "table2.png"],
            "fig1": ["fig1.md", "fig1.png"], "fig2": ["fig2.md", "fig2.png"],
            "fig34": ["fig34.md", "fig3.png", "fig4.png"], "fig5": ["fig5.md", "fig5.png"],
            "fig7": ["fig7.md", "fig7.png"], "table4": ["table4.md", "table4.png"],
@@ -98,15 +98,28 @@ def test_report_rejects_unknown_experiment_and_missing_run_dir(tmp_path):
     assert out.returncode == 2 and "bash benchmark/table1.sh" in out.stderr
 
 
-def test_bootstrap_ci_and_iqm_by_hand():
-    m, lo, hi = report.bootstrap_ci([1.0, 2.0, 3.0, 6.0])
-    assert m == 3.0 and 1.0 <= lo < 3.0 < hi <= 6.0
-    assert report.bootstrap_ci([5.0, 5.0])[1:] == (5.0, 5.0)
-    m, lo, hi = report.bootstrap_ci([4.0])
+def test_statistics_by_hand():
+    from benchmark import stats
+
+    m, lo, hi = stats.t_interval([1.0, 2.0, 3.0, 6.0])  # sd sqrt(14/3), t(0.975, 3) = 3.1824
+    assert m == 3.0 and np.isclose(hi - m, 3.18245 * np.sqrt(14 / 3) / 2, rtol=1e-4) and np.isclose(m - lo, hi - m)
+    assert stats.t_interval([5.0, 5.0]) == (5.0, 5.0, 5.0)
+    m, lo, hi = stats.t_interval([4.0])
     assert m == 4.0 and np.isnan(lo) and np.isnan(hi)
     assert report.fmt([4.0]) == "4.00" and report.fmt([]) == "-" and report.fmt([5.0, 5.0]) == "5.00 ± 0.00"
-    assert report.iqm([1, 2, 3, 4]) == 2.5  # middle two
-    assert report.iqm([100, 1, 2, 3, 4, 5, 6, -100]) == 3.5  # outliers trimmed: mean of 2..5
+    assert stats.iqm([1, 2, 3, 4]) == 2.5  # middle two
+    assert stats.iqm([100, 1, 2, 3, 4, 5, 6, -100]) == 3.5  # outliers trimmed: mean of 2..5
+    # P(X > Y), ties one half: task 1 beats 2 of 3 pairs, task 2 a tie
+    assert np.isclose(stats.probability_of_improvement([[3.0], [0.0]], [[1.0, 2.0, 4.0], [0.0]])[0], (2 / 3 + 0.5) / 2)
+    p, lo, hi = stats.probability_of_improvement([[1.0, 3.0]], [[2.0, 2.0]])
+    assert p == 0.5 and 0 <= lo <= p <= hi <= 1
+    # stratified: each task keeps its runs' share, so two constant tasks give a zero-width interval
+    assert stats.aggregate([[0.0, 0.0, 0.0], [10.0, 10.0, 10.0]], stats.mean) == (5.0, 5.0, 5.0)
+    m, lo, hi = stats.aggregate([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], stats.iqm)
+    assert m == 2.5 and lo < m < hi
+    assert stats.aggregate([[0.0, 1.0, 2.0]], stats.iqm, seed=3) == stats.aggregate([[0.0, 1.0, 2.0]], stats.iqm, seed=3)
+    p, lo, hi = stats.performance_profile([[0.1, 0.5], [0.9]], [0.0, 0.3, 1.0])
+    assert np.allclose(p, [1.0, 0.75, 0.0]) and np.all(lo <= p) and np.all(p <= hi)
 
 
 def fake_result(run_dir, algo, tuning, seed, best, final, zero_shot=0.0, wall=60.0, tasks=(2, 13)):
@@ -173,8 +186,15 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     assert verdict["GRPO and CQL do best with a parameter-efficient tuning (LoRA or decorator)"][1] == "does not hold"
     # the paper's own numbers for HalfCheetahVel: QP-SFT beats SFT in every tuning
     assert verdict["QP-SFT beats SFT in every tuning"][0] == "holds"
-    # cells: mean +- CI over the 2 seeds; QP-SFT full = -3 + 2 + 0.15
+    # cells: mean +- 95% t interval over the 2 seeds (-0.9, -0.8): 12.706 * 0.05; QP-SFT full = -3 + 2 + 0.15
     row = next(line for line in md.splitlines() if line.startswith("| Full model | HalfCheetahVel |"))
-    assert "-0.85 ± 0.05" in row and "-10.00" in row
+    assert "-0.85 ± 0.64" in row and "-10.00" in row
+    # aggregates: QP-SFT beats SFT and zero-shot in every run; every final is below zero-shot
+    agg = md.split("## Aggregates over seeds x tasks")[1]
+    sel, fin = agg.split("**Full model, selected checkpoint**")[1], agg.split("**Full model, final checkpoint**")[1]
+    qp = next(line for line in sel.splitlines() if line.startswith("| QP-SFT | 4 |")).split("|")
+    assert qp[5].strip() == qp[6].strip() == "1.000 [1.000, 1.000]"
+    assert next(line for line in fin.splitlines() if line.startswith("| QP-SFT |")).split("|")[6].strip() == "0.000 [0.000, 0.000]"
+    assert (tmp_path / "table1_profiles.png").stat().st_size > 0
     runtime = [line for line in md.splitlines() if line.startswith("| Prompt | 1.0 min |")]
     assert len(runtime) == 2 and all("| 1.50 |" in line for line in runtime)  # wall and train time
