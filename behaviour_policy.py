@@ -220,7 +220,7 @@ def train_sac(env_name: str, total_steps: int, seed: int = 0, num_envs: int = 32
     modules = {"actor": actor, "q": q, "q_t": q_t, "pi_opt": pi_opt, "q_opt": q_opt, "a_opt": a_opt}
     done_steps, history, elapsed0 = 0, [], 0.0
     if ckpt_path and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=True)
         for k, m in modules.items():
             m.load_state_dict(ck[k])
         with torch.no_grad():

@@ -30,7 +30,8 @@ import torch
 
 from behaviour_policy import (MEDIUM_BAND, SACActor, BehaviourPolicy, calibrate_medium, calibration_seeds, policy_input_dim, behaviour_rollout,
                               train_sac)
-from common.data import QUALITIES, atomic_torch_save, atomic_write_json, dataset_path, load_trajectories, save_trajectories, tq_saco
+from common.data import (QUALITIES, atomic_write_json, dataset_path, load_behaviour, load_trajectories, save_behaviour,
+                         save_trajectories, tq_saco)
 from common.cli import run as cli
 from common.envs import spec
 
@@ -94,7 +95,7 @@ def load_or_train_behaviour(args: Args) -> tuple[BehaviourPolicy, dict]:
     s = spec(args.env)
     path = os.path.join(args.behaviour_dir, f"{args.env}.pt")
     if os.path.exists(path) and not args.retrain:
-        beh = torch.load(path, weights_only=False)
+        beh = load_behaviour(path)
         print(f"behaviour policy: {path} ({beh['train_config']['algo']}, {beh['train_config']['total_steps']} env steps)")
     else:
         steps = DEFAULT_STEPS[args.env] if args.total_timesteps < 0 else args.total_timesteps
@@ -111,7 +112,7 @@ def load_or_train_behaviour(args: Args) -> tuple[BehaviourPolicy, dict]:
                                 "algo": "metaworld scripted" if actor is None else "goal-relabelled SAC"},
                "random_return": nan.copy(), "expert_return": nan.copy(), "medium_eps": nan.copy(),
                "train_time_s": time.time() - t0, "calib_time_s": 0.0}
-        atomic_torch_save(beh, path)
+        save_behaviour(beh, path)
         if actor is not None:
             os.remove(ckpt)
     actor = None
@@ -136,11 +137,11 @@ def load_or_train_behaviour(args: Args) -> tuple[BehaviourPolicy, dict]:
             beh["medium_eps"][group] = calibrate_medium(policy, group, beh["random_return"][group],
                                                         beh["expert_return"][group], episodes=k, iters=args.calib_iters)
         # merge into the file as it is now: parallel workers calibrate disjoint tasks of the same policy
-        disk = torch.load(path, weights_only=False)
+        disk = load_behaviour(path)
         for k in ("random_return", "expert_return", "medium_eps"):
             disk[k][need] = beh[k][need]
         disk["calib_time_s"] += time.time() - t0
-        atomic_torch_save(disk, path)
+        save_behaviour(disk, path)
         beh = disk
         print(f"saved {path} (calibration {(time.time() - t0) / 60:.1f} min)")
     return policy, beh

@@ -161,7 +161,7 @@ def main(args: Args) -> dict:
     step, log = 0, []
     state_path = os.path.join(run_path, "state.pt")
     if os.path.exists(state_path):
-        st = torch.load(state_path, map_location=device, weights_only=False)
+        st = torch.load(state_path, map_location=device, weights_only=True)
         if {k: v for k, v in st["args"].items() if k not in NOT_TRAINING} != {
                 k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_TRAINING}:
             raise ValueError(f"{state_path} was made with other flags; delete {run_path} or use another --run-dir")

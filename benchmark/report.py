@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmark.stats import aggregate, iqm, mean, performance_profile, probability_of_improvement, t_interval  # noqa: E402
-from common.data import atomic_write  # noqa: E402
+from common.data import atomic_write, load_behaviour  # noqa: E402
 from common.envs import ENV_NAMES  # noqa: E402
 from common.finetune import ALGOS  # noqa: E402  (the paper's column order)
 from common.tuning import TUNINGS, format_bytes  # noqa: E402
@@ -109,9 +109,7 @@ _NORM: dict = {}
 def normaliser(env: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-task random and expert returns of the behaviour policy (behaviour/<env>.pt, in git)."""
     if env not in _NORM:
-        import torch
-
-        beh = torch.load(os.path.join(ROOT, "behaviour", f"{env}.pt"), map_location="cpu", weights_only=False)
+        beh = load_behaviour(os.path.join(ROOT, "behaviour", f"{env}.pt"))
         _NORM[env] = (np.asarray(beh["random_return"], float), np.asarray(beh["expert_return"], float))
     return _NORM[env]
 

@@ -96,6 +96,26 @@ def atomic_torch_save(obj, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+BEHAVIOUR_ARRAYS = ("random_return", "expert_return", "medium_eps")  # per task, NaN where not calibrated yet
+
+
+def load_behaviour(path: str) -> dict:
+    """A behaviour-policy file (behaviour/<env>.pt, collect_data.py) read with torch.load(weights_only=True),
+    which runs no pickled code; its per-task arrays come back as numpy."""
+    import torch
+
+    beh = torch.load(path, map_location="cpu", weights_only=True)
+    return {**beh, **{k: np.array(beh[k], dtype=np.float64) for k in BEHAVIOUR_ARRAYS}}
+
+
+def save_behaviour(beh: dict, path: str) -> None:
+    """Write a behaviour-policy file atomically, its per-task arrays as tensors (so weights_only loads it)."""
+    import torch
+
+    atomic_torch_save({**beh, **{k: torch.as_tensor(np.asarray(beh[k], dtype=np.float64)) for k in BEHAVIOUR_ARRAYS}},
+                      path)
+
+
 def split_trajectories(flat: dict) -> list[dict]:
     ends = np.flatnonzero(flat["terminals"] | flat["timeouts"]) + 1
     starts = np.concatenate([[0], ends[:-1]])

@@ -35,7 +35,7 @@ from common.data import (QUALITIES, atomic_write_json, gather, load_trajectories
 from common.envs import ENV_NAMES, spec
 from common.model import default_checkpoint, load_pretrained, num_params
 from common.rollout import eval_seeds, evaluate, task_prompt_and_target
-from common.tuning import TunedPolicy, format_bytes
+from common.tuning import TunedPolicy, adapter_state, format_bytes, save_adapter
 
 # The seven finetuning scripts, in the paper's column order (each is <name>.py at the top level).
 ALGOS = ("sft", "dpo", "grpo", "ppo", "cql", "qp_dpo", "qp_sft")
@@ -107,6 +107,9 @@ class FinetuneArgs:
     """ignore the env's presets (common/presets.json): every default is the script's own"""
     overwrite: bool = False
     """replace a finished result (or unfinished tasks) of this --run-name made with other flags"""
+    save_model: Literal["none", "selected", "both"] = "selected"
+    """save each task's finetuned parameters (safetensors + JSON manifest) under <run-dir>/<run-name>/adapters/:
+    the selected checkpoint, or the selected and the final one (python evaluate.py <file> reloads one)"""
 
 
 # Flag checks for every script's Args (a flag a script does not have is skipped): bad values end
@@ -118,7 +121,8 @@ POSITIVE = ("lr", "lora_alpha", "decorator_bound", "grad_clip", "policy_std", "b
 NON_NEGATIVE = ("weight_decay", "alpha", "bc_weight", "threads", "target_sample_std")
 AT_MOST_1 = ("gamma", "tau", "gae_lambda")
 # flags that change how a run is executed or where it is written, not its numbers
-NOT_RESULT = ("threads", "cuda", "track", "wandb_project", "run_dir", "run_name", "data_dir", "no_presets", "overwrite")
+NOT_RESULT = ("threads", "cuda", "track", "wandb_project", "run_dir", "run_name", "data_dir", "no_presets", "overwrite",
+              "save_model")
 
 
 def check_args(args) -> None:
@@ -183,11 +187,15 @@ def cli(main, args_type) -> None:
                                if table else ""))
 
 
+def selection_key(point: dict) -> tuple:
+    """What selection maximises at an evaluation: validation success then return (MetaWorld), or return."""
+    return (point["val_success"], point["val_return"]) if "val_success" in point else (point["val_return"],)
+
+
 def summarise(curve: list[dict], success: bool = False) -> dict:
     """A task's zero-shot, selected, best and final scores from its evaluation curve (see the module
     doc). Selection looks only at the validation episodes; every reported number is a reporting score."""
-    key = (lambda c: (c["val_success"], c["val_return"])) if success else (lambda c: c["val_return"])
-    sel = max(curve[1:], key=key)
+    sel = max(curve[1:], key=selection_key)  # the first of equals, as the adapter Run.log keeps
     best = max(curve[1:], key=lambda c: (c["success"], c["return"]) if success else c["return"])
     out = {"zero_shot": curve[0]["return"], "selected": sel["return"], "best": best["return"],
            "final": curve[-1]["return"], "selected_step": sel["step"], "selected_val": sel["val_return"],
@@ -226,6 +234,26 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum()
 
 
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@torch.no_grad()
+def evaluate_policy(policy, env: str, task: int, target: float, episodes: int, device) -> dict:
+    """Mean return (and MetaWorld success) of policy on the task's reporting episodes and, under val_*, on
+    its validation episodes: both sets stepped together, one model call per env step for both."""
+    act = lambda s, a, r, t, m: policy(s, a, r, t, m, last_only=True)  # noqa: E731
+    ev = evaluate(act, env, [task, task], episodes, [target, target], policy.model.cfg.K, device,
+                  seeds=[eval_seeds(task, episodes, "test"), eval_seeds(task, episodes, "val")])
+    out = {"return": float(ev["returns"][0].mean()), "val_return": float(ev["returns"][1].mean())}
+    if env == "metaworld":
+        out.update(success=float(ev["success"][0].mean()), val_success=float(ev["success"][1].mean()))
+    return out
+
+
 class Run:
     """One finetuning run over the test tasks (see the module doc)."""
 
@@ -248,8 +276,8 @@ class Run:
         if args.threads:
             torch.set_num_threads(args.threads)
         self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-        ckpt = args.pretrained or default_checkpoint(args.env)
-        self.model = load_pretrained(ckpt, args.env, self.sp.obs_dim, self.sp.act_dim, self.device)
+        self.ckpt = args.pretrained or default_checkpoint(args.env)
+        self.model = load_pretrained(self.ckpt, args.env, self.sp.obs_dim, self.sp.act_dim, self.device)
         self.model.requires_grad_(False)
         # every task's data are loaded up front, so a bad flag fails before any training
         self.data = {t: self._task_data(t) for t in self.all_tasks}
@@ -286,6 +314,8 @@ class Run:
                 raise ValueError(f"{path} was made with other flags ({', '.join(diff[:3])}); choose another "
                                  f"--run-name, or pass --overwrite to replace it")
             if diff:
+                if path == self.path:  # replaced: its adapters go with it
+                    shutil.rmtree(os.path.join(self.dir, "adapters"), ignore_errors=True)
                 continue
             if path == self.path:
                 self.saved, self.results = old, {t["task"]: t for t in old["tasks"]}
@@ -361,16 +391,9 @@ class Run:
     @torch.no_grad()
     def evaluate(self, policy: TunedPolicy, task: int) -> dict:
         was_training = policy.training
-        policy.eval()
-        act = lambda s, a, r, t, m: policy(s, a, r, t, m, last_only=True)  # noqa: E731
-        n, target = self.args.eval_episodes, self.data[task]["target"]
-        # reporting and validation episodes stepped together: one model call per env step for both
-        ev = evaluate(act, self.args.env, [task, task], n, [target, target], self.model.cfg.K, self.device,
-                      seeds=[eval_seeds(task, n, "test"), eval_seeds(task, n, "val")])
+        out = evaluate_policy(policy.eval(), self.args.env, task, self.data[task]["target"], self.args.eval_episodes,
+                              self.device)
         policy.train(was_training)
-        out = {"return": float(ev["returns"][0].mean()), "val_return": float(ev["returns"][1].mean())}
-        if self.args.env == "metaworld":
-            out.update(success=float(ev["success"][0].mean()), val_success=float(ev["success"][1].mean()))
         return out
 
     def check(self, loss: torch.Tensor, step: int, task: int) -> float:
@@ -384,6 +407,7 @@ class Run:
     def zero_shot(self, policy: TunedPolicy, task: int) -> list[dict]:
         """Evaluate the untouched policy: the task's curve starts with it, and its training clock starts."""
         self._task_t = (time.perf_counter(), self.step_time)  # the task's wall and training clocks start
+        self._keep = {}  # "selected" / "final" -> (step, adapter snapshot) for --save-model
         curve = [{"step": 0, **self.evaluate(policy, task)}]
         print(f"task {task}: zero-shot return {curve[0]['return']:.1f}")
         self._clock = time.perf_counter()
@@ -398,6 +422,12 @@ class Run:
         a = self.args
         self.step_time += time.perf_counter() - self._clock
         curve.append({"step": step, **self.evaluate(policy, task), **logs})
+        if a.save_model != "none":  # snapshot what record() will save: the selected (and final) parameters
+            sel = self._keep.get("selected")
+            if sel is None or selection_key(curve[-1]) > selection_key(next(c for c in curve if c["step"] == sel[0])):
+                self._keep["selected"] = (step, adapter_state(policy))
+            if a.save_model == "both" and step == a.total_steps:
+                self._keep["final"] = (step, adapter_state(policy))
         done = self.tasks.index(task) * a.total_steps + step  # steps of this process's tasks so far
         sps = done / self.step_time if self.step_time else 0
         left = len(self.tasks) * a.total_steps - done
@@ -415,6 +445,14 @@ class Run:
         at once so that a killed run resumes after it."""
         now = time.perf_counter()
         self.results[task] = summarise(curve, self.args.env == "metaworld") | {"task": task}
+        for which, (step, state) in self._keep.items():  # before the task file: a finished task has its adapters
+            save_adapter(os.path.join(self.dir, "adapters", f"task_{task:02d}_{which}.safetensors"), state,
+                         {"algo": self.algo, "task": task, "checkpoint": which, "step": step,
+                          "scores": {k: v for k, v in next(c for c in curve if c["step"] == step).items()
+                                     if k in ("return", "val_return", "success", "val_success")},
+                          "target": self.data[task]["target"], "pretrained": self.ckpt,
+                          "pretrained_sha256": file_sha256(self.ckpt), "threads": torch.get_num_threads(),
+                          "config": self.config})
         self.times[task] = {"wall_time_s": now - self._task_t[0], "train_time_s": self.step_time - self._task_t[1]}
         atomic_write_json(os.path.join(self.dir, "tasks", f"task_{task:02d}.json"),
                           {"config": self.config, "result": self.results[task], **self.times[task]})
@@ -440,6 +478,9 @@ class Run:
                "train_time_s": sum(self.times[t]["train_time_s"] for t in self.all_tasks),
                # results are bit-identical for the same flags and thread count (see README: reproducibility)
                "threads": torch.get_num_threads(), "device": str(self.device),
+               # the saved parameters (--save-model), relative to the run folder; python evaluate.py <file>
+               "adapters": sorted(os.path.join("adapters", f) for f in os.listdir(os.path.join(self.dir, "adapters"))
+                                  if f.endswith(".safetensors")) if os.path.isdir(os.path.join(self.dir, "adapters")) else [],
                "trainable_params": self.trainable[0], "trainable_bytes": self.trainable[1],
                "model": {"n_layer": self.model.cfg.n_layer, "n_embd": self.model.cfg.n_embd,
                          "n_head": self.model.cfg.n_head, "params": num_params(self.model)}}

@@ -168,7 +168,7 @@ def load_pretrained(path: str, env: str, obs_dim: int, act_dim: int, device="cpu
         raise FileNotFoundError(f"pretrained checkpoint {path} is missing; make it with: {pretrain_command(env, None, path)}"
                                 f" (or pass --pretrained PATH)")
     try:
-        ck = torch.load(path, map_location=device, weights_only=False)
+        ck = torch.load(path, map_location=device, weights_only=True)
         cfg_d, sd = ck["config"], ck["state_dict"]
     except Exception as e:  # noqa: BLE001 (any unreadable file gets the same one-line message)
         raise RuntimeError(f"pretrained checkpoint {path} is unreadable ({type(e).__name__}); "

@@ -112,5 +112,67 @@ class TunedPolicy(nn.Module):
         return sum(p.numel() for p in ps), sum(p.numel() * p.element_size() for p in ps)
 
 
+# A saved adapter (finetune.py --save-model): the trainable parameters of a TunedPolicy plus the task's
+# prompt, in safetensors (no pickled code), beside a JSON manifest of how to rebuild and evaluate it.
+# With the pretrained checkpoint it names, the two files are the whole finetuned policy.
+PROMPT_KEYS = ("prompt_states", "prompt_actions", "prompt_rtg", "prompt_timesteps", "prompt_mask")
+
+
+def adapter_state(policy: TunedPolicy) -> dict[str, torch.Tensor]:
+    """The trainable parameters and the prompt, as contiguous CPU copies (a snapshot that later steps
+    do not change)."""
+    sd = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+    sd.update({n: b for n, b in policy.named_buffers() if n in PROMPT_KEYS})
+    return {n: t.detach().to("cpu", copy=True).contiguous() for n, t in sd.items()}
+
+
+def save_adapter(path: str, state: dict[str, torch.Tensor], manifest: dict) -> None:
+    """Write <path> (.safetensors) and its manifest (.json beside it), each atomically; the manifest
+    last, so a manifest always has its tensors."""
+    from safetensors.torch import save
+
+    from common.data import atomic_write, atomic_write_json
+
+    atomic_write(path, lambda f: f.write(save(state, metadata={"format": "pt"})))
+    atomic_write_json(path[:-len(".safetensors")] + ".json", manifest)
+
+
+def adapter_manifest(path: str) -> dict:
+    """The JSON manifest of a saved adapter <name>.safetensors (<name>.json beside it)."""
+    import json
+    import os
+
+    meta = path[:-len(".safetensors")] + ".json" if path.endswith(".safetensors") else ""
+    if not meta or not os.path.exists(path) or not os.path.exists(meta):
+        raise FileNotFoundError(f"{path} is not a saved adapter (want <name>.safetensors with <name>.json beside it, "
+                                f"as finetuning writes under <run-dir>/<run-name>/adapters/)")
+    try:
+        with open(meta) as f:
+            return json.load(f)
+    except ValueError:
+        raise ValueError(f"{meta} is not valid JSON; rerun the finetuning that wrote it") from None
+
+
+def load_adapter(path: str, model: PromptDT) -> tuple[TunedPolicy, dict]:
+    """Rebuild a saved adapter on `model` (the pretrained Prompt-DT it was trained from): (policy, manifest).
+    Anything that does not fit ends with a one-line error."""
+    from safetensors.torch import load_file
+
+    manifest = adapter_manifest(path)
+    c, sd = manifest["config"], load_file(path)
+    prompt = {k[len("prompt_"):]: torch.zeros(sd[k].shape[1:], dtype=sd[k].dtype) for k in PROMPT_KEYS if k in sd}
+    if len(prompt) != len(PROMPT_KEYS):
+        raise ValueError(f"{path} holds no prompt ({', '.join(k for k in PROMPT_KEYS if k not in sd)} missing)")
+    policy = TunedPolicy(model, c["tuning"], prompt, c["lora_rank"], c["lora_alpha"],
+                         decorator_bound=c["decorator_bound"]).to(model.state_mean.device)
+    own = adapter_state(policy)
+    bad = sorted(set(own) ^ set(sd)) + [k for k in own if k in sd and own[k].shape != sd[k].shape]
+    if bad:
+        raise ValueError(f"{path} does not fit a {c['tuning']} policy on this model ({', '.join(bad[:3])}); "
+                         f"load it onto the checkpoint it was trained from: {c.get('pretrained')}")
+    policy.load_state_dict(sd, strict=False)
+    return policy.eval(), manifest
+
+
 def format_bytes(n: int) -> str:
     return f"{n / 1e3:.2f} KB" if n < 1e5 else f"{n / 1e6:.2f} MB"

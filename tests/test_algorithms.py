@@ -13,7 +13,7 @@ import torch
 
 import pretrain_pdt
 from common.envs import spec
-from common.tuning import TUNINGS
+from common.tuning import PROMPT_KEYS, TUNINGS
 from conftest import make_fake_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,6 +225,31 @@ def test_every_script_runs_with_every_tuning_and_writes_a_valid_result(setup, al
         assert saved["trainable_bytes"] == 4 * saved["trainable_params"] > 0
         # zero-shot is the pretrained policy: the same for every algorithm and tuning
         assert saved["zero_shot"] == pytest.approx(run_zero_shot(setup))
+
+
+@pytest.mark.parametrize("tuning", TUNINGS)
+def test_saved_adapters_reload_and_evaluate_to_the_runs_returns(setup, tuning):
+    import evaluate
+    from safetensors.torch import load_file
+
+    res = run_algo(setup, "sft", run_dir="adapters", tuning=tuning, save_model="both")
+    run = os.path.join(setup, "adapters", f"sft_{ENV}_{tuning}_expert_n4_s1")
+    assert res["adapters"] == [f"adapters/task_{TASK:02d}_final.safetensors", f"adapters/task_{TASK:02d}_selected.safetensors"]
+    (t,) = res["tasks"]
+    for which, step in (("selected", t["selected_step"]), ("final", 4)):
+        path = os.path.join(run, "adapters", f"task_{TASK:02d}_{which}.safetensors")
+        sd = load_file(path)
+        buffers = ("prompt_timesteps", "prompt_mask") if tuning == "prompt" else PROMPT_KEYS  # the prompt, not trained
+        assert sum(v.numel() for v in sd.values()) - sum(sd[k].numel() for k in buffers) == res["trainable_params"]
+        out = evaluate.main(evaluate.Args(adapter=path, threads=1))
+        point = next(c for c in t["curve"] if c["step"] == step)
+        assert (out["return"], out["val_return"]) == (point["return"], point["val_return"])  # exactly
+    # the pretrained policy is not what was saved: a zero-shot evaluation differs from the final one
+    assert t["curve"][0]["return"] != t["curve"][-1]["return"]
+    # without --save-model nothing is saved; onto another model it is a one-line error
+    assert run_algo(setup, "sft", run_dir="no_adapters", tuning=tuning, save_model="none")["adapters"] == []
+    with pytest.raises(ValueError, match="pretrained checkpoint .* does not match|not the checkpoint"):
+        evaluate.main(evaluate.Args(adapter=path, pretrained="pretrained/antdir.pt"))
 
 
 _zs = {}

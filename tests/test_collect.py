@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from common.data import FIELDS, QUALITIES, dataset_path, load_trajectories
+from common.data import FIELDS, QUALITIES, dataset_path, load_behaviour, load_trajectories, save_behaviour
 from common.envs import ENV_NAMES, spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,10 +107,8 @@ def test_behaviour_training_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_workers_split_tasks_merge_calibration_and_write_the_same_data(tmp_path):
-    import torch
-
     stdout, tasks = collect(tmp_path, "halfcheetahdir", "--workers", "2")
-    beh = torch.load(tmp_path / "behaviour" / "halfcheetahdir.pt", weights_only=False)
+    beh = load_behaviour(tmp_path / "behaviour" / "halfcheetahdir.pt")
     assert not np.isnan(beh["medium_eps"][tasks]).any()  # both workers' calibrations were kept
     assert "| expert |" in stdout
     # the same behaviour file, one process, another data dir: identical files
@@ -127,14 +125,12 @@ def test_workers_split_tasks_merge_calibration_and_write_the_same_data(tmp_path)
 
 
 def test_a_changed_eps_or_policy_remakes_the_files_it_made(tmp_path):
-    import torch
-
     env = "halfcheetahdir"
     collect(tmp_path, env)
     path = tmp_path / "behaviour" / f"{env}.pt"
-    beh = torch.load(path, weights_only=False)
+    beh = load_behaviour(path)
     beh["medium_eps"][1] = 0.123  # as --recalibrate would
-    torch.save(beh, path)
+    save_behaviour(beh, str(path))
     stdout, _ = collect(tmp_path, env)
     assert "3 of 4 dataset files complete; collecting 1" in stdout and "medium task  1" in stdout
     with np.load(dataset_path(str(tmp_path / "data"), env, "medium", 1)) as z:
