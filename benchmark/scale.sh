@@ -19,6 +19,7 @@ declare -A OVERRIDDEN=()  # settings given in the environment: quoted with the c
 for v in $SETTINGS; do [ -n "${!v+x}" ] && OVERRIDDEN[$v]=1; done
 PY=${PYTHON:-python}
 WORKERS=${WORKERS:-2}
+RUN_FLAGS=${RUN_FLAGS:-}  # more flags for benchmark/run.py, e.g. "--executor slurm --partition gpu --gpus-per-task 1"
 DRY_RUN=${DRY_RUN:-0}
 # the lists of algorithms and tunings come from their one source in the Python code
 NAMES=$($PY -c "from common.finetune import ALGOS; from common.tuning import TUNINGS; print(' '.join(ALGOS) + '|' + ' '.join(TUNINGS))")
@@ -121,7 +122,8 @@ ft() {
 run_and_report() {
   local exp=$1 dry=()
   [ "$DRY_RUN" = 1 ] && dry=(--dry-run)
-  $PY benchmark/run.py - --workers "$WORKERS" --log-dir "$LOG_DIR" "${dry[@]}"
+  # shellcheck disable=SC2086
+  $PY benchmark/run.py - --workers "$WORKERS" --log-dir "$LOG_DIR" $RUN_FLAGS "${dry[@]}"
   [ "$DRY_RUN" = 1 ] && return 0
   report "$exp"
 }

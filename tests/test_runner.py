@@ -75,3 +75,48 @@ def test_the_commands_die_with_the_runner_even_after_kill_9(tmp_path):
     while alive(child) and time.time() - t0 < 10:
         time.sleep(0.05)
     assert not alive(child)
+
+
+def spans(tmp_path, n: int) -> tuple[str, list]:
+    """n commands that each record (start, end, CUDA_VISIBLE_DEVICES) in a file, and a reader of them."""
+    lines = "".join(f"python -c 'import os, time, json; t = time.time(); time.sleep(1.0); "
+                    f"json.dump([t, time.time(), os.environ.get(\"CUDA_VISIBLE_DEVICES\")], "
+                    f"open(\"{tmp_path / f'span{i}.json'}\", \"w\"))'\n" for i in range(n))
+    return lines, lambda: [json.loads((tmp_path / f"span{i}.json").read_text()) for i in range(n)
+                           if (tmp_path / f"span{i}.json").exists()]
+
+
+def overlap(s: list) -> int:
+    """the largest number of spans running at one moment"""
+    return max(sum(a <= t < b for a, b, _ in s) for t, _, _ in s)
+
+
+def test_submitit_local_executor_caps_parallelism_skips_done_runs_and_reports_failures(tmp_path):
+    done = tmp_path / "runs" / "sft_halfcheetahvel_full_expert_n50_s1"
+    done.mkdir(parents=True)
+    (done / "result.json").write_text(json.dumps({"best": 0}))
+    lines, read = spans(tmp_path, 4)
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text(f"python sft.py --run-dir {tmp_path / 'runs'}\n{lines}python -c 'import sys; sys.exit(3)'\n")
+    out = subprocess.run([sys.executable, "benchmark/run.py", str(cmds), "--executor", "submitit-local", "--workers",
+                          "2", "--log-dir", str(tmp_path / "logs"), "--poll", "0.2"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    assert "6 commands, 1 already done, 5 to run" in out.stdout and "[5/5]" in out.stdout
+    assert "1 of 5 commands failed" in out.stdout and "exit 3:" in out.stdout
+    s = read()
+    assert len(s) == 4 and overlap(s) <= 2  # every command ran, never more than --workers at once
+    assert os.path.isdir(tmp_path / "logs" / "submitit")  # submitit's own job files
+
+
+def test_gpus_give_each_worker_slot_its_own_device(tmp_path):
+    lines, read = spans(tmp_path, 4)
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text(lines)
+    out = subprocess.run([sys.executable, "benchmark/run.py", str(cmds), "--workers", "2", "--gpus", "3", "5",
+                          "--log-dir", str(tmp_path / "logs")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    s = read()
+    assert sorted({g for _, _, g in s}) == ["3", "5"]
+    for a0, a1, ga in s:  # two commands running at once never share a GPU
+        assert all(gb != ga for b0, b1, gb in s if (b0, b1) != (a0, a1) and b0 < a1 and a0 < b1)
