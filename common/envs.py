@@ -196,6 +196,16 @@ def make_env(name: str, task: int) -> TaskEnv:
     return TaskEnv(name, task)
 
 
+# Gymnasium ids of the four families (registered on import): gym.make("rft/AntDir-v0", task=35) is
+# make_env("antdir", 35) behind gymnasium's checkers; Minari datasets (minari_io.py) name them, so
+# MinariDataset.recover_environment() rebuilds the env. Each episode truncates at the family's horizon.
+GYM_IDS = {"halfcheetahvel": "rft/HalfCheetahVel-v0", "halfcheetahdir": "rft/HalfCheetahDir-v0",
+           "antdir": "rft/AntDir-v0", "metaworld": "rft/MetaWorldML45-v0"}
+for _name, _id in GYM_IDS.items():
+    if _id not in gym.registry:
+        gym.register(_id, entry_point="common.envs:TaskEnv", kwargs={"name": _name})
+
+
 class VecEnv:
     """Steps many (task, episode) pairs at once in this process (on 2 cores a plain loop over
     unwrapped envs beats subprocess workers). Finished envs are frozen until reset: their rows

@@ -29,4 +29,9 @@ def make_fake_data(data_dir, env: str, tasks, n_trajs: int = 3, length: int = 40
             tout[-1] = True
             trajs.append({"observations": obs[:-1], "next_observations": obs[1:], "actions": act,
                           "rewards": rew, "terminals": term, "timeouts": tout})
-        save_trajectories(dataset_path(str(data_dir), env, quality, task), trajs, env=env, task=task, quality=quality)
+        # the metadata collect_data.py writes beside the trajectories
+        save_trajectories(dataset_path(str(data_dir), env, quality, task), trajs, env=env, task=task, quality=quality,
+                          param=str(sp.params[task]), eps=0.0 if quality == "expert" else 0.3,
+                          seeds=1000 * task + np.arange(n_trajs), behaviour_id="0123456789ab",
+                          episode_returns=np.array([t["rewards"].sum(dtype=np.float64) for t in trajs]),
+                          episode_success=np.zeros(n_trajs))
