@@ -26,7 +26,7 @@ def test_missing_dataset_error_names_the_collect_command(tmp_path, monkeypatch):
 
 def test_corrupt_dataset_and_too_many_trajectories_give_clear_errors(tmp_path):
     path = tmp_path / "halfcheetahdir" / "expert" / "task_00.npz"
-    save_trajectories(str(path), [_traj(10, seed=i) for i in range(3)])
+    save_trajectories(str(path), [_traj(10, 17, 6, seed=i) for i in range(3)])  # halfcheetah: 17-D obs, 6-D actions
     assert len(load_trajectories("halfcheetahdir", 0, "expert", str(tmp_path))) == 3
     with pytest.raises(ValueError, match="--num-trajs 5 exceeds the 3 trajectories"):
         load_trajectories("halfcheetahdir", 0, "expert", str(tmp_path), num_trajs=5)
@@ -38,7 +38,7 @@ def test_corrupt_dataset_and_too_many_trajectories_give_clear_errors(tmp_path):
 
 
 def test_save_load_roundtrip_splits_trajectories_and_keeps_order(tmp_path):
-    trajs = [_traj(7, seed=0), _traj(4, seed=1, terminal=True), _traj(9, seed=2)]
+    trajs = [_traj(7, 27, 8, seed=0), _traj(4, 27, 8, seed=1, terminal=True), _traj(9, 27, 8, seed=2)]  # antdir's dims
     save_trajectories(str(tmp_path / "antdir" / "medium" / "task_03.npz"), trajs)
     back = load_trajectories("antdir", 3, "medium", str(tmp_path), num_trajs=2)
     assert [len(t["rewards"]) for t in back] == [7, 4]
