@@ -98,8 +98,7 @@ def main(args: Args) -> dict:
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
             logs = {"loss": run.check(loss, step, task), "kl": masked_mean(kl, b["mask"]).item()}
-            if run.eval_due(step):
-                run.log(policy, task, step, curve, logs)
+            run.log(policy, task, step, curve, logs)  # to wandb every --log-every steps; evaluates when due
         run.record(task, curve)
     return run.finish()
 

@@ -160,8 +160,7 @@ def main(args: Args) -> dict:
             opt.step()
             logs = {"loss": run.check(loss, step, task), "dpo": pref.item(), "q": q.item(),
                     "critic_loss": run.check(critic_loss, step, task)}
-            if run.eval_due(step):
-                run.log(policy, task, step, curve, logs)
+            run.log(policy, task, step, curve, logs)  # to wandb every --log-every steps; evaluates when due
         run.record(task, curve)
     return run.finish()
 

@@ -117,9 +117,12 @@ class TaskEnv(gym.Env):
     the goal-visible observation for metaworld's scripted policies.
     """
 
-    def __init__(self, name: str, task: int = 0):
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, name: str, task: int = 0, render_mode: str | None = None):
         self.spec_ = spec(name)
-        self.name = name
+        self.name, self.render_mode = name, render_mode  # "rgb_array": render() returns a frame (needs OpenGL)
+        kw = {"render_mode": render_mode, "width": 240, "height": 240} if render_mode else {}
         s = self.spec_
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (s.obs_dim,), np.float64)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (s.act_dim,), np.float32)
@@ -128,9 +131,9 @@ class TaskEnv(gym.Env):
         self.task = task
         self.param = s.params[task]
         if name in ("halfcheetahvel", "halfcheetahdir"):
-            self.base = gym.make("HalfCheetah-v5").unwrapped
+            self.base = gym.make("HalfCheetah-v5", **kw).unwrapped
         elif name == "antdir":
-            self.base = gym.make("Ant-v5", include_cfrc_ext_in_observation=False).unwrapped
+            self.base = gym.make("Ant-v5", include_cfrc_ext_in_observation=False, **kw).unwrapped
         else:
             self.base = None  # built at reset: a metaworld model takes ~0.25 s to load
 
@@ -138,7 +141,8 @@ class TaskEnv(gym.Env):
         if task not in self._envs:
             from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-            env = ALL_V3_ENVIRONMENTS[self.spec_.params[task]]()
+            kw = {"render_mode": self.render_mode, "width": 240, "height": 240} if self.render_mode else {}
+            env = ALL_V3_ENVIRONMENTS[self.spec_.params[task]](**kw)
             env._partially_observable = False  # the scripted policy needs the goal; we hide it below
             # step() clips obs to this cached space, built while the goal was hidden: rebuild it
             env.__dict__.pop("sawyer_observation_space", None)
@@ -166,6 +170,9 @@ class TaskEnv(gym.Env):
         self.base.np_random = np.random.default_rng(seed)
         full, _ = self.base.reset()
         return self._hide_goal(full), {"policy_obs": full, "success": 0.0}
+
+    def render(self):
+        return self.base.render()
 
     @staticmethod
     def _hide_goal(full: np.ndarray) -> np.ndarray:
@@ -212,10 +219,11 @@ class VecEnv:
     return reward 0 and done stays True, so a fixed batch of episodes can be run to completion.
     """
 
-    def __init__(self, name: str, num_envs: int):
+    def __init__(self, name: str, num_envs: int, render_first: bool = False):
         self.name, self.num_envs = name, num_envs
         self.spec = spec(name)
-        self.envs = [TaskEnv(name) for _ in range(num_envs)]
+        # render_first: env 0 renders frames (rgb_array) for a video of its episodes
+        self.envs = [TaskEnv(name, render_mode="rgb_array" if render_first and i == 0 else None) for i in range(num_envs)]
         self.done = np.ones(num_envs, dtype=bool)
         self.obs = np.zeros((num_envs, self.spec.obs_dim))
         self.policy_obs = np.zeros((num_envs, self.spec.obs_dim))  # metaworld: goal visible

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from common.cli import run as run_cli
-from common.data import (QUALITIES, atomic_write_json, gather, load_trajectories, lock_folder, pack, returns_to_go,
+from common.data import (QUALITIES, atomic_write, atomic_write_json, gather, load_trajectories, lock_folder, pack, returns_to_go,
                          sample_windows, sparsify)
 from common.envs import ENV_NAMES, spec
 from common.model import default_checkpoint, load_pretrained, num_params
-from common.rollout import eval_seeds, evaluate, task_prompt_and_target
+from common.rollout import check_rendering, eval_seeds, evaluate, render_episode, task_prompt_and_target
 from common.tuning import TunedPolicy, adapter_state, format_bytes, save_adapter
 
 # The seven finetuning scripts, in the paper's column order (each is <name>.py at the top level).
@@ -103,6 +103,13 @@ class FinetuneArgs:
     """log to Weights & Biases (WANDB_MODE=offline works without a network)"""
     wandb_project: str = "rft-agents"
     """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user; default: yours)"""
+    log_every: int = 10
+    """steps between logs of the losses to wandb (--track); evaluations are logged as they happen"""
+    capture_video: bool = False
+    """save one reporting episode of every evaluation as a GIF under <run-dir>/<run-name>/videos/ (and to wandb
+    with --track); needs an OpenGL backend for MuJoCo (MUJOCO_GL=egl or osmesa)"""
     no_presets: bool = False
     """ignore the env's presets (common/presets.json): every default is the script's own"""
     overwrite: bool = False
@@ -115,14 +122,14 @@ class FinetuneArgs:
 # Flag checks for every script's Args (a flag a script does not have is skipped): bad values end
 # with a one-line error before anything is loaded or written.
 AT_LEAST_1 = ("num_trajs", "total_steps", "eval_every", "eval_episodes", "batch_size", "lora_rank", "update_epochs",
-              "gae_every", "critic_batch", "num_random", "num_target_samples")
+              "gae_every", "critic_batch", "num_random", "num_target_samples", "log_every")
 POSITIVE = ("lr", "lora_alpha", "decorator_bound", "grad_clip", "policy_std", "beta", "critic_lr", "clip_eps", "tau",
             "gamma")
 NON_NEGATIVE = ("weight_decay", "alpha", "bc_weight", "threads", "target_sample_std")
 AT_MOST_1 = ("gamma", "tau", "gae_lambda")
 # flags that change how a run is executed or where it is written, not its numbers
 NOT_RESULT = ("threads", "cuda", "track", "wandb_project", "run_dir", "run_name", "data_dir", "no_presets", "overwrite",
-              "save_model")
+              "save_model", "wandb_entity", "log_every", "capture_video")
 
 
 def check_args(args) -> None:
@@ -281,6 +288,8 @@ class Run:
         self.model.requires_grad_(False)
         # every task's data are loaded up front, so a bad flag fails before any training
         self.data = {t: self._task_data(t) for t in self.all_tasks}
+        if args.capture_video:
+            check_rendering(args.env)
         self.t0, self.step_time, self.trainable = time.perf_counter(), 0.0, None
         self.results, self.times, self.saved = {}, {}, None  # task -> its summary, its times; a finished result
         self._lock()
@@ -288,7 +297,10 @@ class Run:
         if args.track and self.tasks:
             import wandb
 
-            wandb.init(project=args.wandb_project, name=self.name, config=self.config)
+            # CleanRL's conventions: one group per setting (the run name without its seed), the code saved
+            wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=self.name, config=self.config,
+                       group=self.name.rsplit("_s", 1)[0], tags=[algo, args.env, args.tuning, args.quality],
+                       save_code=True)
 
     def _same_config(self, other: dict) -> list[str]:
         """Flags (numbers-changing ones only) on which a saved config differs from this run's."""
@@ -416,10 +428,21 @@ class Run:
     def eval_due(self, step: int) -> bool:
         return step % self.args.eval_every == 0 or step == self.args.total_steps
 
+    def global_step(self, task: int, step: int) -> int:
+        """wandb's step: the steps of this run's tasks so far, so that the tasks follow each other."""
+        return self.all_tasks.index(task) * self.args.total_steps + step
+
     def log(self, policy: TunedPolicy, task: int, step: int, curve: list[dict], logs: dict) -> None:
-        """At an evaluation step: evaluate, append to the curve with the logged floats, print a progress
-        line (steps/s over the training time only, ETA) and send it to wandb with --track."""
+        """Called after every gradient step: sends the losses to wandb every --log-every steps (--track); at an
+        evaluation step (eval_due) evaluates, appends to the curve with the logged floats, prints a
+        progress line (steps/s over the training time only, ETA), and sends the scores to wandb."""
         a = self.args
+        if a.track and step % a.log_every == 0:
+            import wandb
+
+            wandb.log({f"task_{task}/{k}": v for k, v in logs.items()}, step=self.global_step(task, step))
+        if not self.eval_due(step):
+            return
         self.step_time += time.perf_counter() - self._clock
         curve.append({"step": step, **self.evaluate(policy, task), **logs})
         if a.save_model != "none":  # snapshot what record() will save: the selected (and final) parameters
@@ -434,11 +457,27 @@ class Run:
         print(f"task {task} step {step}/{a.total_steps}: return {curve[-1]['return']:.1f} "
               + " ".join(f"{k} {v:.4g}" for k, v in logs.items())
               + f" | {sps:.1f} steps/s, ETA {left / max(sps, 1e-9) / 60:.1f} min", flush=True)
+        video = self.video(policy, task, step) if a.capture_video else None
         if a.track:
             import wandb
 
-            wandb.log({f"task_{task}/{k}": v for k, v in curve[-1].items() if k != "step"})
+            wandb.log({f"task_{task}/{k}": v for k, v in curve[-1].items() if k != "step"}
+                      | ({f"task_{task}/video": wandb.Video(video, format="gif")} if video else {}),
+                      step=self.global_step(task, step))
         self._clock = time.perf_counter()
+
+    def video(self, policy: TunedPolicy, task: int, step: int) -> str:
+        """The first reporting episode, rendered, as <run>/videos/task_XX_step_YYYYY.gif (--capture-video)."""
+        import imageio.v3 as iio
+
+        was_training = policy.training
+        act = lambda s, a, r, t, m: policy.eval()(s, a, r, t, m, last_only=True)  # noqa: E731
+        frames = render_episode(act, self.args.env, task, int(eval_seeds(task, 1, "test")[0]),
+                                self.data[task]["target"], self.model.cfg.K, self.device)
+        policy.train(was_training)
+        path = os.path.join(self.dir, "videos", f"task_{task:02d}_step_{step:05d}.gif")
+        atomic_write(path, lambda f: iio.imwrite(f, frames[::2], extension=".gif", duration=40, loop=0))
+        return path
 
     def record(self, task: int, curve: list[dict]) -> None:
         """A finished task's zero-shot, selected, best and final scores (see the module doc), kept on disk

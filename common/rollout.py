@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from common.data import trajectory_prompt
-from common.envs import VecEnv, spec
+from common.envs import TaskEnv, VecEnv, spec
 
 EVAL_SEED = 9_000_000  # reporting episodes
 VAL_SEED = 8_000_000  # validation episodes: selection only
@@ -39,19 +39,20 @@ def task_prompt_and_target(trajs: list[dict], prompt_len: int) -> tuple[dict, fl
 
 
 @torch.no_grad()
-def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="cpu", seeds=None) -> dict:
+def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="cpu", seeds=None,
+             render: bool = False) -> dict:
     """Run `episodes` episodes of every task in `tasks` at once.
 
     act(states, actions, rtg, timesteps, mask) -> (B, act_dim) gets the last K steps of all
     B = len(tasks) * episodes envs (row r is task tasks[r // episodes]) and returns their actions.
     targets: the target return-to-go of each task. seeds: (tasks, episodes) reset seeds (default: the
     reporting seeds, eval_seeds(task, episodes)). Returns per-task arrays (tasks, episodes) of
-    `returns`, `success` and `lengths`, plus `time_s`.
+    `returns`, `success` and `lengths`, plus `time_s`; with render, `frames`: the first episode's RGB frames.
     """
     sp = spec(env_name)
     tasks = list(tasks)
     B, H = len(tasks) * episodes, sp.horizon
-    envs = VecEnv(env_name, B)
+    envs = VecEnv(env_name, B, render_first=render)
     t0 = time.perf_counter()  # time_s: the episodes, not building the envs
     row_task = np.repeat(tasks, episodes)
     if seeds is None:
@@ -68,6 +69,7 @@ def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="
     mask = torch.cat([torch.zeros(K - 1), torch.ones(H)]).to(**f32).expand(B, L)
     target = torch.as_tensor(np.repeat(np.asarray(targets, dtype=np.float64), episodes), **f32)
     returns, success, lengths = np.zeros(B), np.zeros(B), np.zeros(B, dtype=np.int64)
+    frames = [envs.envs[0].render()] if render else []
     for t in range(H):
         i = t + K - 1
         states[:, i] = torch.as_tensor(obs, **f32)
@@ -80,11 +82,33 @@ def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="
         returns += r
         lengths += alive
         success = np.maximum(success, succ)
+        if render and alive[0]:
+            frames.append(envs.envs[0].render())
         if envs.done.all():
             break
     shape = (len(tasks), episodes)
     return {"returns": returns.reshape(shape), "success": success.reshape(shape),
-            "lengths": lengths.reshape(shape), "time_s": time.perf_counter() - t0}
+            "lengths": lengths.reshape(shape), "time_s": time.perf_counter() - t0, "frames": frames}
+
+
+def render_episode(act, env_name: str, task: int, seed: int, target: float, K: int, device="cpu") -> list:
+    """The RGB frames of one episode of act on task from reset seed `seed` (a video of what evaluate runs)."""
+    return evaluate(act, env_name, [task], 1, [target], K, device, seeds=[[seed]], render=True)["frames"]
+
+
+def check_rendering(env_name: str) -> None:
+    """A one-line error, before any training, where MuJoCo cannot render (no OpenGL backend)."""
+    import os
+
+    try:
+        env = TaskEnv(env_name, spec(env_name).test_tasks[0], render_mode="rgb_array")
+        env.reset(seed=0, options={"task": spec(env_name).test_tasks[0]})
+        frame = env.render()
+        assert frame is not None and frame.ndim == 3
+    except Exception as e:  # noqa: BLE001 (GL failures come as many exception types)
+        raise RuntimeError(f"--capture-video cannot render here (MUJOCO_GL={os.environ.get('MUJOCO_GL', 'unset')}: "
+                           f"{type(e).__name__}); install an OpenGL backend (libegl1 or libosmesa6) and set "
+                           f"MUJOCO_GL=egl or osmesa, or drop --capture-video") from None
 
 
 def random_rollout_time(env_name: str, tasks, episodes: int, seed: int = 0) -> tuple[float, int]:
@@ -93,7 +117,7 @@ def random_rollout_time(env_name: str, tasks, episodes: int, seed: int = 0) -> t
     sp, rng = spec(env_name), np.random.default_rng(seed)
     tasks = list(tasks)
     B = len(tasks) * episodes
-    envs = VecEnv(env_name, B)
+    envs = VecEnv(env_name, B, render_first=render)
     t0, n = time.perf_counter(), 0
     envs.reset(np.repeat(tasks, episodes), np.concatenate([eval_seeds(t, episodes) for t in tasks]))
     for _ in range(sp.horizon):

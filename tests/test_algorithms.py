@@ -373,6 +373,23 @@ def test_track_logs_to_wandb_offline(setup, monkeypatch):
     assert runs and os.listdir(setup / "wandb" / runs[0])
 
 
+def test_track_follows_cleanrl_group_tags_code_and_steps(setup, monkeypatch):
+    import wandb
+
+    calls = {"init": [], "log": []}
+    monkeypatch.setattr(wandb, "init", lambda **kw: calls["init"].append(kw))
+    monkeypatch.setattr(wandb, "log", lambda d, step=None: calls["log"].append((step, d)))
+    monkeypatch.setattr(wandb, "finish", lambda: None)
+    run_algo(setup, "sft", run_dir="tracked_calls", track=True, wandb_entity="lab", log_every=1, total_steps=4,
+             eval_every=2, seed=3)
+    (init,) = calls["init"]
+    assert init["entity"] == "lab" and init["group"] == f"sft_{ENV}_full_expert_n4" and init["save_code"]
+    assert init["tags"] == ["sft", ENV, "full", "expert"] and init["name"] == f"sft_{ENV}_full_expert_n4_s3"
+    loss_steps = [s for s, d in calls["log"] if f"task_{TASK}/loss" in d and f"task_{TASK}/return" not in d]
+    assert loss_steps == [1, 2, 3, 4]  # every --log-every step, with wandb's step
+    assert [s for s, d in calls["log"] if f"task_{TASK}/return" in d] == [2, 4]  # the evaluations
+
+
 def test_selection_uses_validation_episodes_and_reports_reporting_ones():
     from common.finetune import summarise
     curve = [{"step": 0, "return": -50.0, "val_return": -40.0},
@@ -430,3 +447,23 @@ def test_presets_are_the_command_line_defaults_and_flags_override_them(setup, tm
     assert run("--run-name", "a").returncode == 0 and (cfg("a")["alpha"], cfg("a")["critic_batch"]) == (0.5, 32)
     assert run("--run-name", "b", "--alpha", "0.2").returncode == 0 and cfg("b")["alpha"] == 0.2
     assert run("--run-name", "c", "--no-presets").returncode == 0 and cfg("c")["alpha"] == 0.1
+
+
+@pytest.mark.parametrize("gl", ["osmesa", "egl"])
+def test_capture_video_writes_a_gif_or_says_in_one_line_why_not(setup, tmp_path, gl):
+    """--capture-video renders one reporting episode per evaluation; where MuJoCo has no OpenGL backend
+    (osmesa is missing on the CI machine) the run ends before training with one line and writes nothing."""
+    cmd = [sys.executable, "sft.py", "--env", ENV, "--tasks", str(TASK), "--num-trajs", "4", "--total-steps", "2",
+           "--eval-every", "2", "--eval-episodes", "1", "--batch-size", "4", "--data-dir", str(setup / "data"),
+           "--pretrained", str(setup / "pre.pt"), "--run-dir", str(tmp_path), "--threads", "1", "--capture-video"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "MUJOCO_GL": gl})
+    run = tmp_path / f"sft_{ENV}_full_expert_n4_s1"
+    if out.returncode == 0:
+        import imageio.v3 as iio
+
+        gif = run / "videos" / f"task_{TASK:02d}_step_00002.gif"
+        assert iio.imread(gif, index=None).shape[1:] == (240, 240, 3)
+    else:
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode == 1 and last.startswith(f"error: --capture-video cannot render here (MUJOCO_GL={gl}")
+        assert "Traceback" not in out.stderr and not run.exists()
