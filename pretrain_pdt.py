@@ -210,7 +210,7 @@ def main(args: Args) -> dict:
         p = sample_prompts(packed, prompt_traj, args.prompt_len, rng)
         b, p = to_t(b), to_t(p)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = float(lr_at(step))  # a Python float: the state file loads with weights_only=True
         pred = model(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"], p)
         # eq. 2: action MSE over the K steps (padding excluded)
         loss = (((pred - b["actions"]) ** 2).mean(-1) * b["mask"]).sum() / b["mask"].sum()

@@ -269,50 +269,49 @@ def task_scores(runs, key: str) -> dict:
 
 def aggregate_section(runs, envs, out_dir) -> list[str]:
     """Agarwal et al. (2021): IQM and mean of the normalised score over seeds x tasks with stratified-bootstrap
-    intervals, the probability of improvement over SFT and over zero-shot, and performance profiles."""
+    intervals, the probability of improvement over SFT and over zero-shot, and performance profiles; per env,
+    and pooled over the envs where every algorithm shown has run on all of them."""
     tunings = present(runs, "tuning", TUNINGS)
+    scopes = [[e] for e in envs] + ([list(envs)] if len(envs) > 1 else [])
     text = ["## Aggregates over seeds x tasks (Agarwal et al., 2021)\n",
-            f"Normalised score per task: (return - random) / (expert - random), the behaviour policy's per-task returns "
-            f"(behaviour/<env>.pt); tasks of {', '.join(ELABEL[e] for e in envs)} pooled. IQM and mean with 95% "
-            "stratified-bootstrap intervals (seeds resampled within each task); P(X > SFT) and P(X > zero-shot): the "
-            f"probability that a run of X beats one of the other on a random task, 95% interval likewise "
-            f"(benchmark/stats.py). n: runs x tasks. Performance profiles: table1_profiles.png.\n"]
-    fig, axes = plt_subplots(2 * len(tunings), ncols=2, w=6, h=3.6)
-    for k, tuning in enumerate(tunings):
-        cell = select(runs, tuning=tuning)
-        zero = task_scores({r["seed"]: r for r in cell}.values(), "zero_shot")  # one per seed: the same model
-        for which in ("selected", "final"):
-            scores = {a: task_scores(select(cell, algo=a), which) for a in ALGOS}
-            keys = sorted(set(zero) | {t for s in scores.values() for t in s})
-            ci = lambda m, lo, hi: "-" if np.isnan(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"  # noqa: E731
-            rows = []
-            for a in ("zero_shot", *ALGOS):
-                s = zero if a == "zero_shot" else scores[a]
-                xs = [np.array(s.get(t, [])) for t in keys]
-                if not any(len(x) for x in xs):
-                    continue
-                vs = lambda other: ci(*probability_of_improvement(xs, [np.array(other.get(t, [])) for t in keys]))  # noqa: E731
-                rows.append([LABEL.get(a, "Zero-shot"), sum(map(len, xs)), ci(*aggregate(xs, iqm)), ci(*aggregate(xs, mean)),
-                             "-" if a in ("zero_shot", "sft") else vs(scores["sft"]), "-" if a == "zero_shot" else vs(zero)])
-            text += [f"**{TLABEL[tuning]}, {which} checkpoint**\n",
-                     md_table(["", "n", "IQM", "Mean", "P(X > SFT)", "P(X > zero-shot)"], rows), ""]
-            # performance profile: fraction of runs above tau
-            ax = axes[2 * k + (which == "final")]
-            flat = np.concatenate([np.array(v) for s in [zero, *scores.values()] for v in s.values()] or [np.zeros(1)])
-            taus = np.linspace(flat.min() - 0.02, flat.max() + 0.02, 101)
-            for i, a in enumerate(("zero_shot", *ALGOS)):
-                s = zero if a == "zero_shot" else scores[a]
-                if not s:
-                    continue
-                p, lo, hi = performance_profile([np.array(v) for v in s.values()], taus)
-                style = {"color": "k", "ls": "--"} if a == "zero_shot" else {"color": f"C{i - 1}"}
-                ax.plot(taus, p, label=LABEL.get(a, "zero-shot"), lw=1.2, **style)
-                ax.fill_between(taus, lo, hi, alpha=0.12, color=style["color"])
-            ax.set_title(f"{TLABEL[tuning]}, {which}: performance profile")
-            ax.set_xlabel("normalised score tau")
-            ax.set_ylabel("fraction of runs > tau")
-    if tunings:
-        axes[0].legend(fontsize=7, ncol=2)
+            "Normalised score per task: (return - random) / (expert - random), the behaviour policy's per-task returns "
+            "(behaviour/<env>.pt). IQM and mean with 95% stratified-bootstrap intervals (seeds resampled within each "
+            "task); P(X > SFT) and P(X > zero-shot): the probability that a run of X beats one of the other on a "
+            "random task, 95% interval likewise (benchmark/stats.py). n: runs x tasks. Pooled over envs only for the "
+            "algorithms that ran on every task of every env. Performance profiles: table1_profiles.png.\n"]
+    panels = [(t, sc, w) for t in tunings for sc in scopes for w in ("selected", "final")]
+    fig, axes = plt_subplots(len(panels), ncols=2, w=6, h=3.6)
+    ci = lambda m, lo, hi: "-" if np.isnan(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"  # noqa: E731
+    for ax, (tuning, scope, which) in zip(axes, panels):
+        cell = [r for r in select(runs, tuning=tuning) if r["env"] in scope]
+        zero = task_scores({(r["env"], r["seed"]): r for r in cell}.values(), "zero_shot")  # one per seed: same model
+        keys = sorted(zero)  # every task of the scope (any run evaluates zero-shot on its tasks)
+        scores = {a: task_scores(select(cell, algo=a), which) for a in ALGOS}
+        # pooled over envs: only methods with runs on every task, so that no method is averaged over other tasks
+        shown = [a for a in ALGOS if scores[a] and (len(scope) == 1 or set(scores[a]) == set(keys))]
+        as_list = lambda s: [np.array(s.get(t, [])) for t in keys]  # noqa: E731
+        rows = [["Zero-shot", sum(map(len, zero.values())), ci(*aggregate(as_list(zero), iqm)),
+                 ci(*aggregate(as_list(zero), mean)), "-", "-"]]
+        for a in shown:
+            xs = as_list(scores[a])
+            rows.append([LABEL[a], sum(map(len, xs)), ci(*aggregate(xs, iqm)), ci(*aggregate(xs, mean)),
+                         "-" if a == "sft" or "sft" not in shown else ci(*probability_of_improvement(xs, as_list(scores["sft"]))),
+                         ci(*probability_of_improvement(xs, as_list(zero)))])
+        missing = [LABEL[a] for a in ALGOS if a not in shown]
+        text += [f"**{TLABEL[tuning]}, {' + '.join(ELABEL[e] for e in scope)}, {which} checkpoint**\n",
+                 md_table(["", "n", "IQM", "Mean", "P(X > SFT)", "P(X > zero-shot)"], rows),
+                 f"\n(not shown, missing runs: {', '.join(missing)})\n" if missing else ""]
+        flat = np.concatenate([np.array(v) for s in [zero, *(scores[a] for a in shown)] for v in s.values()])
+        taus = np.linspace(flat.min() - 0.02, flat.max() + 0.02, 101)
+        for a in ("zero_shot", *shown):
+            p, lo, hi = performance_profile([np.array(v) for v in (zero if a == "zero_shot" else scores[a]).values()], taus)
+            style = {"color": "k", "ls": "--"} if a == "zero_shot" else {"color": f"C{ALGOS.index(a)}"}
+            ax.plot(taus, p, label=LABEL.get(a, "zero-shot"), lw=1.2, **style)
+            ax.fill_between(taus, lo, hi, alpha=0.12, color=style["color"])
+        ax.set_title(f"{TLABEL[tuning]}, {' + '.join(ELABEL[e] for e in scope)}, {which}", fontsize=9)
+        ax.set_xlabel("normalised score tau")
+        ax.set_ylabel("fraction of runs > tau")
+        ax.legend(fontsize=6, ncol=2)
     savefig(fig, out_dir, "table1_profiles.png")
     return text + ["![Performance profiles](table1_profiles.png)", ""]
 

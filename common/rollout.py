@@ -117,7 +117,7 @@ def random_rollout_time(env_name: str, tasks, episodes: int, seed: int = 0) -> t
     sp, rng = spec(env_name), np.random.default_rng(seed)
     tasks = list(tasks)
     B = len(tasks) * episodes
-    envs = VecEnv(env_name, B, render_first=render)
+    envs = VecEnv(env_name, B)
     t0, n = time.perf_counter(), 0
     envs.reset(np.repeat(tasks, episodes), np.concatenate([eval_seeds(t, episodes) for t in tasks]))
     for _ in range(sp.horizon):

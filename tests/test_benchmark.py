@@ -191,7 +191,8 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     assert "-0.85 ± 0.64" in row and "-10.00" in row
     # aggregates: QP-SFT beats SFT and zero-shot in every run; every final is below zero-shot
     agg = md.split("## Aggregates over seeds x tasks")[1]
-    sel, fin = agg.split("**Full model, selected checkpoint**")[1], agg.split("**Full model, final checkpoint**")[1]
+    sel = agg.split("**Full model, HalfCheetahVel, selected checkpoint**")[1]
+    fin = agg.split("**Full model, HalfCheetahVel, final checkpoint**")[1]
     qp = next(line for line in sel.splitlines() if line.startswith("| QP-SFT | 4 |")).split("|")
     assert qp[5].strip() == qp[6].strip() == "1.000 [1.000, 1.000]"
     assert next(line for line in fin.splitlines() if line.startswith("| QP-SFT |")).split("|")[6].strip() == "0.000 [0.000, 0.000]"
