@@ -122,10 +122,10 @@ class FinetuneArgs:
 # Flag checks for every script's Args (a flag a script does not have is skipped): bad values end
 # with a one-line error before anything is loaded or written.
 AT_LEAST_1 = ("num_trajs", "total_steps", "eval_every", "eval_episodes", "batch_size", "lora_rank", "update_epochs",
-              "gae_every", "critic_batch", "num_random", "num_target_samples", "log_every")
+              "gae_every", "critic_batch", "num_random", "num_target_samples", "log_every", "group_size")
 POSITIVE = ("lr", "lora_alpha", "decorator_bound", "grad_clip", "policy_std", "beta", "critic_lr", "clip_eps", "tau",
-            "gamma")
-NON_NEGATIVE = ("weight_decay", "alpha", "bc_weight", "threads", "target_sample_std")
+            "gamma", "shaping_gamma")
+NON_NEGATIVE = ("weight_decay", "alpha", "bc_weight", "threads", "target_sample_std", "offline_members")
 AT_MOST_1 = ("gamma", "tau", "gae_lambda")
 # flags that change how a run is executed or where it is written, not its numbers
 NOT_RESULT = ("threads", "cuda", "track", "wandb_project", "run_dir", "run_name", "data_dir", "no_presets", "overwrite",
@@ -456,7 +456,7 @@ class Run:
         left = len(self.tasks) * a.total_steps - done
         print(f"task {task} step {step}/{a.total_steps}: return {curve[-1]['return']:.1f} "
               + " ".join(f"{k} {v:.4g}" for k, v in logs.items())
-              + f" | {sps:.1f} steps/s, ETA {left / max(sps, 1e-9) / 60:.1f} min", flush=True)
+              + f" | {sps:.3g} steps/s, ETA {left / max(sps, 1e-9) / 60:.1f} min", flush=True)
         video = self.video(policy, task, step) if a.capture_video else None
         if a.track:
             import wandb
@@ -523,6 +523,8 @@ class Run:
                "trainable_params": self.trainable[0], "trainable_bytes": self.trainable[1],
                "model": {"n_layer": self.model.cfg.n_layer, "n_embd": self.model.cfg.n_embd,
                          "n_head": self.model.cfg.n_head, "params": num_params(self.model)}}
+        if all("env_steps" in t["curve"][-1] for t in tasks):  # online finetuning: the simulator steps it used
+            res["env_steps"] = int(sum(t["curve"][-1]["env_steps"] for t in tasks))
         if a.env == "metaworld":
             res.update({k: mean(k) for k in ("zero_shot_success", "selected_success", "best_success",
                                              "final_success")})

@@ -126,3 +126,36 @@ def random_rollout_time(env_name: str, tasks, episodes: int, seed: int = 0) -> t
         if envs.done.all():
             break
     return time.perf_counter() - t0, n
+
+
+ONLINE_SEED = 7_000_000  # online finetuning's rollouts: disjoint from the data's, validation and reporting seeds
+
+
+def online_seed(task: int, iteration: int) -> int:
+    """Reset seed of a task's online rollout group `iteration` (every member of a group starts from it)."""
+    return ONLINE_SEED + 10_000 * task + iteration
+
+
+@torch.no_grad()
+def sample_episodes(policy, env_name: str, task: int, seed: int, n: int, target: float, K: int, std: float,
+                    gen: torch.Generator, device="cpu") -> dict:
+    """n episodes of the stochastic policy N(mu(s), std^2 I), all from reset seed `seed` (one model call per
+    env step for the n of them), for online finetuning. Returns the flat valid steps: the K-step windows
+    the policy saw (states, actions, rtg, timesteps, mask), the sampled `act` (before the env clips it to
+    [-1, 1]), `mu`, the step's `episode` index, plus per episode `returns` and `success`, and `env_steps`."""
+    rec = []
+
+    def act(s, a, r, t, m):
+        mu = policy(s, a, r, t, m, last_only=True)
+        x = mu + std * torch.randn(mu.shape, generator=gen, device=mu.device)
+        rec.append((s.clone(), a.clone(), r.clone(), t.clone(), m.clone(), x, mu))
+        return x
+
+    ev = evaluate(act, env_name, [task], n, [target], K, device, seeds=[[seed] * n])
+    lengths = torch.as_tensor(ev["lengths"].reshape(n), device=device)
+    valid = torch.arange(len(rec), device=device)[:, None] < lengths[None]  # (T, n): steps before the end
+    out = {k: torch.stack([x[i] for x in rec])[valid] for i, k in
+           enumerate(("states", "actions", "rtg", "timesteps", "mask", "act", "mu"))}
+    out["episode"] = torch.arange(n, device=device).expand(len(rec), n)[valid]
+    out.update(returns=ev["returns"].reshape(n), success=ev["success"].reshape(n), env_steps=int(lengths.sum()))
+    return out
