@@ -47,7 +47,8 @@ def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="
     B = len(tasks) * episodes envs (row r is task tasks[r // episodes]) and returns their actions.
     targets: the target return-to-go of each task. seeds: (tasks, episodes) reset seeds (default: the
     reporting seeds, eval_seeds(task, episodes)). Returns per-task arrays (tasks, episodes) of
-    `returns`, `success` and `lengths`, plus `time_s`; with render, `frames`: the first episode's RGB frames.
+    `returns`, `success` and `lengths`, plus `time_s`, `step_rewards` (B, steps) and, with render, `frames`:
+    the first episode's RGB frames.
     """
     sp = spec(env_name)
     tasks = list(tasks)
@@ -69,7 +70,7 @@ def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="
     mask = torch.cat([torch.zeros(K - 1), torch.ones(H)]).to(**f32).expand(B, L)
     target = torch.as_tensor(np.repeat(np.asarray(targets, dtype=np.float64), episodes), **f32)
     returns, success, lengths = np.zeros(B), np.zeros(B), np.zeros(B, dtype=np.int64)
-    frames = [envs.envs[0].render()] if render else []
+    frames, rewards = [envs.envs[0].render()] if render else [], []
     for t in range(H):
         i = t + K - 1
         states[:, i] = torch.as_tensor(obs, **f32)
@@ -80,6 +81,7 @@ def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="
         alive = ~envs.done
         obs, r, term, trunc, succ = envs.step(a.cpu().numpy().astype(np.float64))
         returns += r
+        rewards.append(r)
         lengths += alive
         success = np.maximum(success, succ)
         if render and alive[0]:
@@ -88,7 +90,8 @@ def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="
             break
     shape = (len(tasks), episodes)
     return {"returns": returns.reshape(shape), "success": success.reshape(shape),
-            "lengths": lengths.reshape(shape), "time_s": time.perf_counter() - t0, "frames": frames}
+            "lengths": lengths.reshape(shape), "time_s": time.perf_counter() - t0, "frames": frames,
+            "step_rewards": np.stack(rewards, 1)}  # (B, steps run): each env's reward per step, 0 after its end
 
 
 def render_episode(act, env_name: str, task: int, seed: int, target: float, K: int, device="cpu") -> list:
@@ -137,12 +140,14 @@ def online_seed(task: int, iteration: int) -> int:
 
 
 @torch.no_grad()
-def sample_episodes(policy, env_name: str, task: int, seed: int, n: int, target: float, K: int, std: float,
+def sample_episodes(policy, env_name: str, task: int, seeds, n: int, target: float, K: int, std: float,
                     gen: torch.Generator, device="cpu") -> dict:
-    """n episodes of the stochastic policy N(mu(s), std^2 I), all from reset seed `seed` (one model call per
-    env step for the n of them), for online finetuning. Returns the flat valid steps: the K-step windows
-    the policy saw (states, actions, rtg, timesteps, mask), the sampled `act` (before the env clips it to
-    [-1, 1]), `mu`, the step's `episode` index, plus per episode `returns` and `success`, and `env_steps`."""
+    """n episodes of the stochastic policy N(mu(s), std^2 I) from reset seeds `seeds` (one int: all n start
+    from it; or n of them), one model call per env step for the n, for online finetuning. Returns the valid
+    steps, episode by episode in time order: the K-step windows the policy saw (states, actions, rtg,
+    timesteps, mask), the sampled `act` (before the env clips it to [-1, 1]), `mu`, `reward`, the step's
+    `episode` index and `last` (its episode's last step), plus per episode `returns` and `success`, and
+    `env_steps`."""
     rec = []
 
     def act(s, a, r, t, m):
@@ -151,11 +156,15 @@ def sample_episodes(policy, env_name: str, task: int, seed: int, n: int, target:
         rec.append((s.clone(), a.clone(), r.clone(), t.clone(), m.clone(), x, mu))
         return x
 
-    ev = evaluate(act, env_name, [task], n, [target], K, device, seeds=[[seed] * n])
+    seeds = [int(seeds)] * n if np.ndim(seeds) == 0 else [int(x) for x in seeds]
+    ev = evaluate(act, env_name, [task], n, [target], K, device, seeds=[seeds])
     lengths = torch.as_tensor(ev["lengths"].reshape(n), device=device)
-    valid = torch.arange(len(rec), device=device)[:, None] < lengths[None]  # (T, n): steps before the end
-    out = {k: torch.stack([x[i] for x in rec])[valid] for i, k in
+    t = torch.arange(len(rec), device=device)[None]
+    valid = t < lengths[:, None]  # (n, T): each episode's steps before its end
+    out = {k: torch.stack([x[i] for x in rec], 1)[valid] for i, k in
            enumerate(("states", "actions", "rtg", "timesteps", "mask", "act", "mu"))}
-    out["episode"] = torch.arange(n, device=device).expand(len(rec), n)[valid]
+    out["reward"] = torch.as_tensor(ev["step_rewards"], dtype=torch.float32, device=device)[valid]
+    out["episode"] = torch.arange(n, device=device)[:, None].expand(n, len(rec))[valid]
+    out["last"] = (t == lengths[:, None] - 1).expand(n, len(rec))[valid]
     out.update(returns=ev["returns"].reshape(n), success=ev["success"].reshape(n), env_steps=int(lengths.sum()))
     return out

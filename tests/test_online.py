@@ -43,6 +43,11 @@ def test_a_group_starts_from_one_initial_state_and_explores(setup):  # noqa: F81
     assert len(first) == 3 and torch.equal(first[0], first[1]) and torch.equal(first[0], first[2])  # one reset seed
     assert g["env_steps"] == len(g["act"]) == 3 * sp.horizon and len(set(np.round(g["returns"], 6))) == 3
     assert not torch.equal(g["act"], g["mu"])  # actions are sampled around mu
+    for i in range(3):  # episode by episode in time order, with their rewards
+        ep = g["episode"] == i
+        assert torch.equal(g["timesteps"][ep][:, -1], torch.arange(int(ep.sum())))
+        assert g["reward"][ep].sum().item() == pytest.approx(g["returns"][i], rel=1e-4, abs=1e-3)
+        assert g["last"][ep].nonzero().flatten().tolist() == [int(ep.sum()) - 1]
     # the recorded windows are what the policy saw: its mean on them reproduces mu
     with torch.no_grad():
         mu = pol(g["states"], g["actions"], g["rtg"], g["timesteps"], g["mask"], last_only=True)
@@ -64,3 +69,18 @@ def test_online_grpo_runs_pure_and_mixed_and_counts_env_steps(setup, members):  
     with pytest.raises(ValueError, match="a group needs 2 or more members"):
         mod.main(mod.Args(env=ENV, tasks=(TASK,), group_size=1, offline_members=0, data_dir=str(setup / "data"),
                           run_dir=str(setup / "online_bad"), pretrained=str(setup / "pre.pt")))
+
+
+def test_online_ppo_runs_and_counts_env_steps(setup):  # noqa: F811
+    mod = importlib.import_module("online_ppo")
+    args = mod.Args(env=ENV, tasks=(TASK,), num_trajs=4, total_steps=2, eval_every=2, eval_episodes=1, group_size=2,
+                    data_dir=str(setup / "data"), run_dir=str(setup / "online"), pretrained=str(setup / "pre.pt"),
+                    threads=1)
+    res = mod.main(args)
+    assert res["algo"] == "online_ppo" and res["env_steps"] == 2 * 2 * spec(ENV).horizon
+    c = res["tasks"][0]["curve"][-1]
+    assert np.isfinite(c["critic_loss"]) and np.isfinite(c["loss"])
+    # the loss by hand: ratio 2 clipped to 1.2 for a positive advantage, minus beta KL
+    loss = mod.online_ppo_loss(torch.tensor([math.log(2.0)]), torch.tensor([0.0]), torch.tensor([1.0]),
+                               torch.tensor([0.5]), 0.2, 0.04)
+    assert loss.item() == pytest.approx(-(1.2 - 0.02))
