@@ -37,7 +37,9 @@ ENVS = sorted(ENV_NAMES)  # the paper's row order (alphabetical)
 ELABEL = {"antdir": "AntDir", "halfcheetahdir": "HalfCheetahDir", "halfcheetahvel": "HalfCheetahVel",
           "metaworld": "MetaWorld"}
 DEFAULT_SIZE, DEFAULT_ALPHA = (3, 128, 1), 0.1
-EXPERIMENTS = ["table1", "table2", "fig1", "fig2", "fig34", "fig5", "fig7", "table4", "table6", "fig8", "runs"]
+EXPERIMENTS = ["table1", "table2", "fig1", "fig2", "fig34", "fig5", "fig7", "table4", "table6", "fig8", "online", "runs"]
+ONLINE = ("online_grpo", "online_grpo_mixed", "online_ppo")  # beyond the paper: benchmark/online.sh
+LABEL.update(online_grpo="online GRPO", online_grpo_mixed="mixed GRPO (LUFFY)", online_ppo="online PPO")
 
 # The paper's reference numbers (Tables 1, 2 and 6), kept as data beside this file
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_numbers.json")) as _f:
@@ -706,6 +708,54 @@ def table6(runs, args) -> list[str]:
         ax.set_title(f"{ELABEL[env]}: selected (o), final (x)")
     savefig(fig, args.out_dir, "table6.png")
     return [write(args.out_dir, "table6.md", "\n".join(text)), os.path.join(args.out_dir, "table6.png")]
+
+
+def online(runs, args) -> list[str]:
+    """Online GRPO, mixed GRPO and online PPO against zero-shot and the best offline method (full tuning,
+    expert data): selected and final scores, env steps and wall time, and curves against env steps."""
+    runs = [r for r in main_setting(runs, args.n_main) if r["tuning"] == "full"]
+    envs = present(runs, "env", ENVS)
+    text = ["# Beyond the paper: online finetuning vs the best offline method\n",
+            "Full-model tuning, expert data, the test tasks of each env. Online: each iteration rolls out a group of "
+            "episodes per task (the env steps used per task are in the table); offline: Table 1's runs, the best "
+            "offline method being the one with the highest mean *validation* score at its selected checkpoint. "
+            "Cells: mean ± half-width of the 95% Student-t interval over seeds; wall time per run (all its tasks).\n"]
+    fig, axes = plt_subplots(len(envs), ncols=2, w=6, h=3.8)
+    for ax, env in zip(axes, envs):
+        cell = select(runs, env=env)
+        offline = [a for a in ALGOS if select(cell, algo=a)]
+        best = max(offline, key=lambda a: np.mean(values(select(cell, algo=a), "selected_val")), default=None)
+        rows, mw = [], env == "metaworld"
+        zs = list({r["seed"]: r["result"] for r in cell}.values())
+        if zs:
+            rows.append(["Zero-shot", len(zs), fmt([z["zero_shot"] for z in zs], 1), "-"]
+                        + ([fmt([z["zero_shot_success"] for z in zs])] if mw else []) + ["0", "-"])
+        for a in ([best] if best else []) + [a for a in ONLINE if select(cell, algo=a)]:
+            c = select(cell, algo=a)
+            steps = values(c, "env_steps")
+            rows.append([LABEL[a] + (" (best offline)" if a == best else ""), len(c), fmt(values(c, "selected"), 1),
+                         fmt(values(c, "final"), 1)] + ([fmt(values(c, "selected_success"))] if mw else [])
+                        + [f"{np.mean(steps) / len(c[0]['result']['tasks']):,.0f}" if steps else "0 (offline data)",
+                           f"{np.mean(values(c, 'wall_time_s')) / 60:.1f} min"])
+            if a in ONLINE:  # mean over seeds and tasks of the return at each evaluation, against env steps
+                pts = [[(pt.get("env_steps", 0), pt["return"]) for pt in t["curve"]] for r in c for t in r["result"]["tasks"]]
+                x = np.mean([[p[0] for p in tc] for tc in pts], 0)
+                ax.plot(x, np.mean([[p[1] for p in tc] for tc in pts], 0), "o-", color=f"C{ONLINE.index(a)}",
+                        label=LABEL[a])
+        if zs:
+            ax.axhline(np.mean([z["zero_shot"] for z in zs]), color="k", ls="--", lw=1, label="zero-shot")
+        if best:
+            ax.axhline(np.mean(values(select(cell, algo=best), "selected")), color="gray", ls=":",
+                       label=f"{LABEL[best]} (offline, selected)")
+        ax.set_title(ELABEL[env])
+        ax.set_xlabel("env steps per task")
+        ax.set_ylabel("return, mean over tasks and seeds")
+        ax.legend(fontsize=7)
+        text += [f"## {ELABEL[env]}\n", md_table(["Method", "Seeds", "Selected", "Final"] + (["Selected success"] if mw else [])
+                                                 + ["Env steps per task", "Wall time"], rows), ""]
+    savefig(fig, args.out_dir, "online.png")
+    text += ["![online vs offline](online.png)", ""]
+    return [write(args.out_dir, "online.md", "\n".join(text)), os.path.join(args.out_dir, "online.png")]
 
 
 def runs(all_runs, args) -> list[str]:

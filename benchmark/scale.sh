@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SCALE=${SCALE:-cpu}
-SETTINGS="ENVS SEEDS STEPS EVAL_EVERY EPISODES ALGOS TUNINGS ABL_TUNINGS NUM_TRAJS N_MAIN ALPHAS SIZES TASKS"
+SETTINGS="ENVS SEEDS STEPS EVAL_EVERY EPISODES ALGOS TUNINGS ABL_TUNINGS NUM_TRAJS N_MAIN ALPHAS SIZES TASKS ONLINE_ITERS ONLINE_EVAL GROUP MEMBERS"
 declare -A OVERRIDDEN=()  # settings given in the environment: quoted with the command in every table
 for v in $SETTINGS; do [ -n "${!v+x}" ] && OVERRIDDEN[$v]=1; done
 PY=${PYTHON:-python}
@@ -30,6 +30,7 @@ case "$SCALE" in
     : "${ENVS:=halfcheetahvel}" "${SEEDS:=1}" "${STEPS:=2}" "${EVAL_EVERY:=2}" "${EPISODES:=1}"
     : "${ALGOS:=sft qp_sft}" "${TUNINGS:=prompt full}" "${NUM_TRAJS:=3}" "${N_MAIN:=3}"
     : "${ALPHAS:=0.1 1}" "${SIZES:=3/128/1 1/32/1}" "${TASKS:=first}" "${ABL_TUNINGS:=full}"
+    : "${ONLINE_ITERS:=2}" "${ONLINE_EVAL:=1}" "${GROUP:=2}" "${MEMBERS:=1}"
     : "${ROOT_DIR:=runs/smoke}" "${DATA_DIR:=$ROOT_DIR/data}" "${PRETRAINED_DIR:=$ROOT_DIR/pretrained}"
     : "${RUN_DIR:=$ROOT_DIR/runs}" "${OUT_DIR:=$ROOT_DIR/results}" "${LOG_DIR:=$ROOT_DIR/logs}"
     : "${PRETRAIN_RUN_DIR:=$ROOT_DIR/pretrain_runs}"
@@ -41,6 +42,8 @@ case "$SCALE" in
     : "${ALGOS:=$ALL_ALGOS}" "${TUNINGS:=$ALL_TUNINGS}" "${NUM_TRAJS:=5 10 25 50}" "${N_MAIN:=50}"
     : "${ALPHAS:=0.001 0.01 0.1 1 2}" "${SIZES:=1/64/1 2/96/1 3/128/1}" "${TASKS:=all}"
     : "${ABL_TUNINGS:=full}"  # the ablations (figures 1-4, 7, table 6) use one tuning at this scale
+    # online.sh: iterations per task, evaluation every, rollouts per group, offline members of a mixed group
+    : "${ONLINE_ITERS:=30}" "${ONLINE_EVAL:=10}" "${GROUP:=8}" "${MEMBERS:=2}"
     : "${ROOT_DIR:=benchmark/results/cpu}" "${DATA_DIR:=data}" "${PRETRAINED_DIR:=pretrained}"
     : "${RUN_DIR:=$ROOT_DIR/runs}" "${OUT_DIR:=$ROOT_DIR}"
     : "${COLLECT_FLAGS:=--workers 2}" "${PRETRAIN_FLAGS:=}"
@@ -50,6 +53,7 @@ case "$SCALE" in
     : "${EVAL_EVERY:=250}" "${EPISODES:=10}" "${ALGOS:=$ALL_ALGOS}" "${TUNINGS:=$ALL_TUNINGS}"
     : "${NUM_TRAJS:=5 10 25 50}" "${N_MAIN:=50}" "${ALPHAS:=0.001 0.01 0.1 1 2}" "${TASKS:=all}"
     : "${ABL_TUNINGS:=$ALL_TUNINGS}"
+    : "${ONLINE_ITERS:=100}" "${ONLINE_EVAL:=25}" "${GROUP:=16}" "${MEMBERS:=4}"
     : "${SIZES:=3/128/1 6/256/4 12/256/4 12/512/8 16/768/12}"
     : "${ROOT_DIR:=benchmark/results/paper}" "${DATA_DIR:=data}" "${PRETRAINED_DIR:=pretrained}"
     : "${RUN_DIR:=$ROOT_DIR/runs}" "${OUT_DIR:=$ROOT_DIR}"

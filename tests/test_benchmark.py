@@ -19,7 +19,7 @@ OUTPUTS = {"table1": ["table1.md", "table1.png", "table1_profiles.png"], "table2
            "fig1": ["fig1.md", "fig1.png"], "fig2": ["fig2.md", "fig2.png"],
            "fig34": ["fig34.md", "fig3.png", "fig4.png"], "fig5": ["fig5.md", "fig5.png"],
            "fig7": ["fig7.md", "fig7.png"], "table4": ["table4.md", "table4.png"],
-           "table6": ["table6.md", "table6.png"], "fig8": ["fig8.md", "fig8.png"]}
+           "table6": ["table6.md", "table6.png"], "fig8": ["fig8.md", "fig8.png"], "online": ["online.md", "online.png"]}
 
 
 def script(name, **env):
@@ -53,6 +53,9 @@ def test_smoke_scale_of_every_script_writes_its_table_and_figure(smoke_root, nam
         assert re.search(rf"\| HalfCheetahVel \| Expert \| {number} \| {number} \| 0\.99 \| 0\.50 \|", md)
     elif name == "fig5":
         assert "l1 e32 h1" in md and "l3 e128 h1" in md
+    elif name == "online":  # zero-shot, the best offline method, and the three online methods with their env steps
+        assert "(best offline)" in md and all(m in md for m in ("| online GRPO |", "| mixed GRPO (LUFFY) |", "| online PPO |"))
+        assert "| 800 |" in md  # 2 iterations x 2 rollouts x 200 steps on the one smoke task
     elif name == "table6":
         assert re.search(rf"\| HalfCheetahVel \| {number} \| {number} \|", md)
     else:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Beyond the paper (online_grpo.py, online_ppo.py): online GRPO, LUFFY-mixed GRPO and online PPO against
+# zero-shot and the best offline method (Table 1's runs: expert data, full tuning, chosen on validation
+# scores), at one env-step budget: ONLINE_ITERS iterations of GROUP rollouts per test task.
+#   SCALE=cpu ENVS="metaworld antdir" SEEDS="1 2 3" bash benchmark/online.sh
+source "$(dirname "$0")/scale.sh"
+TUNINGS=full  # the comparison is in full-model tuning
+for env in $ENVS; do ensure_pretrained "$env"; ensure_data "$env"; done
+online() {  # online ALGO ENV SEED RUN_NAME [flags...]
+  local algo=$1 env=$2 seed=$3 name=$4; shift 4
+  task_flags "$env"
+  echo "python $algo.py --env $env --seed $seed --total-steps $ONLINE_ITERS --eval-every $ONLINE_EVAL" \
+       "--eval-episodes $EPISODES --data-dir $DATA_DIR --run-dir $RUN_DIR --pretrained $(ckpt "$env")" \
+       "${TASK_FLAGS[$env]} --tuning full --quality expert --num-trajs $N_MAIN --group-size $GROUP" \
+       "--run-name ${name}_${env}_full_expert_n${N_MAIN}_s${seed} $*"
+}
+{
+  main_grid  # Table 1's runs (finished ones are skipped), for the best offline method
+  for seed in $SEEDS; do for env in $ENVS; do
+    online online_grpo "$env" "$seed" online_grpo
+    online online_grpo "$env" "$seed" online_grpo_mixed --offline-members "$MEMBERS"
+    online online_ppo "$env" "$seed" online_ppo
+  done; done
+} | run_and_report online
