@@ -32,33 +32,17 @@ import numpy as np
 import torch
 
 from common.data import gather
-from common.finetune import FinetuneArgs, Run, cli
+from common.finetune import OnlineArgs, Run, cli
 from common.rollout import online_seed, sample_episodes
 from grpo import gaussian_kl, gaussian_logp, group_advantages
 
 
 @dataclass
-class Args(FinetuneArgs):
-    total_steps: int = 40
-    """iterations per test task: one group of rollouts, then --update-epochs passes over it"""
-    eval_every: int = 10
-    """iterations between evaluations"""
-    batch_size: int = 256
-    """steps per minibatch of the group's data"""
-    group_size: int = 8
-    """on-policy episodes per group, all from one reset seed"""
+class Args(OnlineArgs):
     offline_members: int = 0
     """offline trajectories of the task in every group (0: pure on-policy GRPO; >0: LUFFY's mixed groups)"""
     shaping_gamma: float = 0.1
     """gamma of LUFFY's policy shaping f(pi) = pi / (pi + gamma) for the offline members' steps"""
-    clip_eps: float = 0.2
-    """epsilon of the clipped ratio (eq. 5)"""
-    beta: float = 0.04
-    """weight of the exact KL to the pretrained policy"""
-    policy_std: float = 0.1
-    """fixed std of the Gaussian policy around the DT's action (exploration noise of the rollouts)"""
-    update_epochs: int = 2
-    """passes over each group's steps"""
 
 
 def online_grpo_loss(logp, logp_old, adv, kl, offline, pi_rel, clip_eps: float, beta: float,

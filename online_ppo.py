@@ -19,30 +19,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common.finetune import FinetuneArgs, Run, cli
+from common.finetune import OnlineArgs, Run, cli
 from common.rollout import online_seed, sample_episodes
 from grpo import gaussian_kl, gaussian_logp
 from ppo import gae
 
 
 @dataclass
-class Args(FinetuneArgs):
-    total_steps: int = 40
-    """iterations per test task: --group-size rollouts, then --update-epochs passes over them"""
-    eval_every: int = 10
-    """iterations between evaluations"""
-    batch_size: int = 256
-    """steps per minibatch"""
-    group_size: int = 8
-    """episodes per iteration, each from its own reset seed"""
-    clip_eps: float = 0.2
-    """epsilon of the clipped ratio (eq. 9)"""
-    beta: float = 0.04
-    """weight of the exact KL to the pretrained policy"""
-    policy_std: float = 0.1
-    """fixed std of the Gaussian policy around the DT's action (exploration noise of the rollouts)"""
-    update_epochs: int = 2
-    """passes over each iteration's steps"""
+class Args(OnlineArgs):
     gamma: float = 0.99
     """discount"""
     gae_lambda: float = 0.95

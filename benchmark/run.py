@@ -146,12 +146,12 @@ def submitit_jobs(todo: list[list[str]], logs: list[str], args):
         pending = list(enumerate(ex.map_array(run_command, todo, logs, threads)))
         print(f"submitted job array {pending[0][1].job_id.split('_')[0]} ({len(todo)} tasks, {args.workers} at once)"
               if pending else "nothing to submit", flush=True)
-        queue = []
+        waiting = []
     else:
-        pending, queue = [], list(range(len(todo)))
-    while pending or queue:
-        while queue and len(pending) < args.workers:
-            i = queue.pop(0)
+        pending, waiting = [], list(range(len(todo)))
+    while pending or waiting:
+        while waiting and len(pending) < args.workers:
+            i = waiting.pop(0)
             pending.append((i, ex.submit(run_command, todo[i], logs[i], threads[i])))
         for i, job in [p for p in pending if p[1].done()]:
             pending.remove((i, job))

@@ -6,7 +6,8 @@ Layout (made by collect_data.py, never in git): one compressed file per (env, qu
 
 holding the trajectories concatenated in order with D4RL's field names: observations,
 next_observations, actions, rewards, terminals (true environment termination), timeouts (horizon
-reached; Minari calls these two terminations and truncations, and minari_io.py converts both ways); a trajectory ends at the first row where terminals or timeouts is set. Per-trajectory
+reached; Minari's terminations and truncations: minari_io.py converts both ways); a trajectory ends
+at the first row where terminals or timeouts is set. Per-trajectory
 metadata: episode_returns, episode_success, seeds; and env, task, param, quality, eps, behaviour_id
 (a fingerprint of the behaviour policy that made the file).
 """

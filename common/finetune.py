@@ -119,6 +119,28 @@ class FinetuneArgs:
     the selected checkpoint, or the selected and the final one (python evaluate.py <file> reloads one)"""
 
 
+@dataclass
+class OnlineArgs(FinetuneArgs):
+    """The flags the online scripts (online_grpo.py, online_ppo.py) share: rollouts in the simulator, then
+    clipped-surrogate updates with the exact KL to the pretrained policy."""
+    total_steps: int = 40
+    """iterations per test task: --group-size rollouts, then --update-epochs passes over their steps"""
+    eval_every: int = 10
+    """iterations between evaluations"""
+    batch_size: int = 256
+    """steps per minibatch"""
+    group_size: int = 8
+    """episodes rolled out per iteration (online_grpo: one group from one reset seed; online_ppo: a seed each)"""
+    clip_eps: float = 0.2
+    """epsilon of the clipped ratio (eqs. 5, 9)"""
+    beta: float = 0.04
+    """weight of the exact KL to the pretrained policy"""
+    policy_std: float = 0.1
+    """fixed std of the Gaussian policy around the DT's action (exploration noise of the rollouts)"""
+    update_epochs: int = 2
+    """passes over each iteration's steps"""
+
+
 # Flag checks for every script's Args (a flag a script does not have is skipped): bad values end
 # with a one-line error before anything is loaded or written.
 AT_LEAST_1 = ("num_trajs", "total_steps", "eval_every", "eval_episodes", "batch_size", "lora_rank", "update_epochs",
@@ -286,6 +308,7 @@ class Run:
         self.ckpt = args.pretrained or default_checkpoint(args.env)
         self.model = load_pretrained(self.ckpt, args.env, self.sp.obs_dim, self.sp.act_dim, self.device)
         self.model.requires_grad_(False)
+        self.ckpt_sha256 = file_sha256(self.ckpt) if args.save_model != "none" else None  # in adapter manifests
         # every task's data are loaded up front, so a bad flag fails before any training
         self.data = {t: self._task_data(t) for t in self.all_tasks}
         if args.capture_video:
@@ -446,9 +469,8 @@ class Run:
         self.step_time += time.perf_counter() - self._clock
         curve.append({"step": step, **self.evaluate(policy, task), **logs})
         if a.save_model != "none":  # snapshot what record() will save: the selected (and final) parameters
-            sel = self._keep.get("selected")
-            if sel is None or selection_key(curve[-1]) > selection_key(next(c for c in curve if c["step"] == sel[0])):
-                self._keep["selected"] = (step, adapter_state(policy))
+            if "selected" not in self._keep or selection_key(curve[-1]) > self._sel_key:  # the first of equals
+                self._keep["selected"], self._sel_key = (step, adapter_state(policy)), selection_key(curve[-1])
             if a.save_model == "both" and step == a.total_steps:
                 self._keep["final"] = (step, adapter_state(policy))
         done = self.tasks.index(task) * a.total_steps + step  # steps of this process's tasks so far
@@ -471,7 +493,8 @@ class Run:
         import imageio.v3 as iio
 
         was_training = policy.training
-        act = lambda s, a, r, t, m: policy.eval()(s, a, r, t, m, last_only=True)  # noqa: E731
+        policy.eval()
+        act = lambda s, a, r, t, m: policy(s, a, r, t, m, last_only=True)  # noqa: E731
         frames = render_episode(act, self.args.env, task, int(eval_seeds(task, 1, "test")[0]),
                                 self.data[task]["target"], self.model.cfg.K, self.device)
         policy.train(was_training)
@@ -490,7 +513,7 @@ class Run:
                           "scores": {k: v for k, v in next(c for c in curve if c["step"] == step).items()
                                      if k in ("return", "val_return", "success", "val_success")},
                           "target": self.data[task]["target"], "pretrained": self.ckpt,
-                          "pretrained_sha256": file_sha256(self.ckpt), "threads": torch.get_num_threads(),
+                          "pretrained_sha256": self.ckpt_sha256, "threads": torch.get_num_threads(),
                           "config": self.config})
         self.times[task] = {"wall_time_s": now - self._task_t[0], "train_time_s": self.step_time - self._task_t[1]}
         atomic_write_json(os.path.join(self.dir, "tasks", f"task_{task:02d}.json"),

@@ -169,7 +169,7 @@ def load_adapter(path: str, model: PromptDT) -> tuple[TunedPolicy, dict]:
     bad = sorted(set(own) ^ set(sd)) + [k for k in own if k in sd and own[k].shape != sd[k].shape]
     if bad:
         raise ValueError(f"{path} does not fit a {c['tuning']} policy on this model ({', '.join(bad[:3])}); "
-                         f"load it onto the checkpoint it was trained from: {c.get('pretrained')}")
+                         f"load it onto the checkpoint it was trained from: {manifest['pretrained']}")
     policy.load_state_dict(sd, strict=False)
     return policy.eval(), manifest
 
