@@ -202,3 +202,12 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     assert (tmp_path / "table1_profiles.png").stat().st_size > 0
     runtime = [line for line in md.splitlines() if line.startswith("| Prompt | 1.0 min |")]
     assert len(runtime) == 2 and all("| 1.50 |" in line for line in runtime)  # wall and train time
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, ".git")), reason="needs the git checkout")
+@pytest.mark.parametrize("path", ["benchmark/results/cpu/runs/sft_antdir_full_expert_n50_s1/adapters/task_06_selected.safetensors",
+                                  "benchmark/results/paper/runs/sft_antdir_full_expert_n50_s1/videos/task_06_step_0.gif"])
+def test_saved_adapters_and_videos_of_benchmark_runs_stay_out_of_git(path):
+    # a submission that committed the runs' adapters was too big to land: result.json is what the tables need
+    assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+    assert subprocess.run(["git", "check-ignore", "-q", "benchmark/results/cpu/runs/x/result.json"], cwd=ROOT).returncode == 1
