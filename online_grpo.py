@@ -10,9 +10,10 @@ group starts from the same initial state (the paper's grouping, made real), and 
 episodes of the stochastic policy pi(a|s) = N(mu(s), std^2 I), mu the DT's action, all at once (one
 model call per env step for the group). A member's advantage is its group-normalised return
 A_i = (R_i - mean R) / std R (eq. 8); every step of episode i gets A_i. Then --update-epochs passes over
-the group's steps in minibatches minimise eq. 5: the clipped surrogate min(ratio A, clip(ratio) A), ratio
-pi(a|s) / pi_old(a|s) with pi_old the policy that acted, plus beta times the exact KL to the pretrained
-policy |mu - mu_ref|^2 / (2 std^2) (grpo.py says why not eq. 7's estimator). The budget is in env steps:
+--minibatches x --batch-size of the group's steps (drawn once per iteration) minimise eq. 5: the clipped
+surrogate min(ratio A, clip(ratio) A), ratio pi(a|s) / pi_old(a|s) with pi_old the policy that acted, plus
+beta times the exact KL to the pretrained policy |mu - mu_ref|^2 / (2 std^2) (grpo.py says why not eq. 7's
+estimator); the learning rate is --lr-factor times the offline one. The budget is in env steps:
 --total-steps x --group-size episodes per task, the count used is in the curve and result.json.
 
 Mixed-policy groups (--offline-members k): each group also holds k of the task's offline trajectories,
@@ -33,7 +34,7 @@ import torch
 
 from common.data import gather
 from common.finetune import OnlineArgs, Run, cli
-from common.rollout import online_seed, sample_episodes
+from common.rollout import online_seed, sample_episodes, subsample_steps
 from grpo import gaussian_kl, gaussian_logp, group_advantages
 
 
@@ -81,24 +82,25 @@ def main(args: Args) -> dict:
                 d["act"] = d["actions"][:, -1]
                 d["episode"] = torch.as_tensor(args.group_size + np.repeat(np.arange(len(trajs)),
                                                                            p["lengths"][trajs]), device=run.device)
-                with torch.no_grad():
-                    d["mu"] = policy(d["states"], d["actions"], d["rtg"], d["timesteps"], d["mask"], last_only=True)
+                d["mu"] = d["act"]  # only feeds logp_old, which offline steps do not use (no ratio)
                 g = {k: torch.cat([g[k], d[k]]) for k in ("states", "actions", "rtg", "timesteps", "mask", "act",
                                                           "mu", "episode")}
                 returns = np.concatenate([returns, [run.data[task]["trajs"][j]["rewards"].sum() for j in trajs]])
                 off = torch.cat([off, torch.ones(len(idx), dtype=torch.bool, device=run.device)])
             adv = torch.as_tensor(group_advantages(np.asarray(returns, dtype=np.float64)), dtype=torch.float32,
                                   device=run.device)[g["episode"]]
-            logp_old = gaussian_logp(g["act"], g["mu"], args.policy_std)
+            steps = subsample_steps(len(adv), args.batch_size, args.minibatches, gen, run.device)
+            b = {k: g[k][steps] for k in ("states", "actions", "rtg", "timesteps", "mask", "act", "mu")}
+            adv, off = adv[steps], off[steps]
+            logp_old = gaussian_logp(b["act"], b["mu"], args.policy_std)
             with torch.no_grad():
-                mu_ref = ref(g["states"], g["actions"], g["rtg"], g["timesteps"], g["mask"], last_only=True)
-            n = len(adv)
+                mu_ref = ref(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"], last_only=True)
             for _ in range(args.update_epochs):
-                for j in torch.randperm(n, generator=gen, device=run.device).split(args.batch_size):
-                    mu = policy(g["states"][j], g["actions"][j], g["rtg"][j], g["timesteps"][j], g["mask"][j],
+                for j in torch.randperm(len(adv), generator=gen, device=run.device).split(args.batch_size):
+                    mu = policy(b["states"][j], b["actions"][j], b["rtg"][j], b["timesteps"][j], b["mask"][j],
                                 last_only=True)
-                    logp = gaussian_logp(g["act"][j], mu, args.policy_std)
-                    pi_rel = torch.exp(-((g["act"][j] - mu) ** 2).sum(-1) / (2 * args.policy_std ** 2))
+                    logp = gaussian_logp(b["act"][j], mu, args.policy_std)
+                    pi_rel = torch.exp(-((b["act"][j] - mu) ** 2).sum(-1) / (2 * args.policy_std ** 2))
                     kl = gaussian_kl(mu, mu_ref[j], args.policy_std)
                     loss = online_grpo_loss(logp, logp_old[j], adv[j], kl, off[j], pi_rel, args.clip_eps, args.beta,
                                             args.shaping_gamma)

@@ -7,9 +7,10 @@ stochastic policy pi(a|s) = N(mu(s), std^2 I) from distinct reset seeds (the sta
 grouping), estimates advantages with GAE(gamma, lambda) from a state-value critic V(s, t/H) (3 hidden
 layers of 256, Mish; the time input makes the horizon's truncation a true end of the episode, so the
 last step does not bootstrap), normalised over the iteration's steps, and takes --update-epochs passes
-in minibatches over the clipped surrogate min(ratio A, clip(ratio) A) (eq. 9) plus beta times the exact
-KL to the pretrained policy, as online_grpo.py does, so that the two differ only in the advantage.
-V is regressed onto the lambda-returns in the same minibatches. The env steps used are counted.
+over --minibatches x --batch-size of the iteration's steps (drawn once per iteration) on the clipped
+surrogate min(ratio A, clip(ratio) A) (eq. 9) plus beta times the exact KL to the pretrained policy, as
+online_grpo.py does, so that the two differ only in the advantage. V is regressed onto the lambda-returns
+of every step first (it is cheap). The env steps used are counted.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from common.finetune import OnlineArgs, Run, cli
-from common.rollout import online_seed, sample_episodes
+from common.rollout import online_seed, sample_episodes, subsample_steps
 from grpo import gaussian_kl, gaussian_logp
 from ppo import gae
 
@@ -63,28 +64,33 @@ def main(args: Args) -> dict:
             s_t, t_t = g["states"][:, -1], g["timesteps"][:, -1]
             with torch.no_grad():
                 v = value(s_t, t_t).cpu().numpy()
-                mu_ref = ref(g["states"], g["actions"], g["rtg"], g["timesteps"], g["mask"], last_only=True)
             last = g["last"].cpu().numpy().astype(np.float64)
             v_next = np.append(v[1:], 0.0)  # the next step of the same episode (unused at an episode's last step)
             a = gae(g["reward"].cpu().numpy(), v, v_next, last, 1 - last, args.gamma, args.gae_lambda)
             ret = torch.as_tensor(a + v, dtype=torch.float32, device=run.device)  # lambda-returns: V's targets
+            for _ in range(args.update_epochs):  # V is a small MLP: it fits every step of the iteration
+                for j in torch.randperm(len(ret), generator=gen, device=run.device).split(args.batch_size):
+                    critic_loss = ((value(s_t[j], t_t[j]) - ret[j]) ** 2).mean()
+                    critic_opt.zero_grad(set_to_none=True)
+                    critic_loss.backward()
+                    critic_opt.step()
             adv = torch.as_tensor((a - a.mean()) / (a.std() + 1e-8), dtype=torch.float32, device=run.device)
-            logp_old = gaussian_logp(g["act"], g["mu"], args.policy_std)
+            steps = subsample_steps(len(adv), args.batch_size, args.minibatches, gen, run.device)
+            b = {k: g[k][steps] for k in ("states", "actions", "rtg", "timesteps", "mask", "act", "mu")}
+            adv, logp_old = adv[steps], gaussian_logp(b["act"], b["mu"], args.policy_std)
+            with torch.no_grad():
+                mu_ref = ref(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"], last_only=True)
             for _ in range(args.update_epochs):
                 for j in torch.randperm(len(adv), generator=gen, device=run.device).split(args.batch_size):
-                    mu = policy(g["states"][j], g["actions"][j], g["rtg"][j], g["timesteps"][j], g["mask"][j],
+                    mu = policy(b["states"][j], b["actions"][j], b["rtg"][j], b["timesteps"][j], b["mask"][j],
                                 last_only=True)
                     kl = gaussian_kl(mu, mu_ref[j], args.policy_std)
-                    loss = online_ppo_loss(gaussian_logp(g["act"][j], mu, args.policy_std), logp_old[j], adv[j], kl,
+                    loss = online_ppo_loss(gaussian_logp(b["act"][j], mu, args.policy_std), logp_old[j], adv[j], kl,
                                            args.clip_eps, args.beta)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
                     opt.step()
-                    critic_loss = ((value(s_t[j], t_t[j]) - ret[j]) ** 2).mean()
-                    critic_opt.zero_grad(set_to_none=True)
-                    critic_loss.backward()
-                    critic_opt.step()
             logs = {"loss": run.check(loss, it, task), "kl": kl.mean().item(), "critic_loss": critic_loss.item(),
                     "rollout_return": float(np.mean(g["returns"])), "env_steps": env_steps}
             run.log(policy, task, it, curve, logs)  # to wandb every --log-every iterations; evaluates when due

@@ -168,3 +168,11 @@ def sample_episodes(policy, env_name: str, task: int, seeds, n: int, target: flo
     out["last"] = (t == lengths[:, None] - 1).expand(n, len(rec))[valid]
     out.update(returns=ev["returns"].reshape(n), success=ev["success"].reshape(n), env_steps=int(lengths.sum()))
     return out
+
+
+def subsample_steps(n: int, batch_size: int, minibatches: int, gen: torch.Generator, device="cpu") -> torch.Tensor:
+    """Indices of minibatches x batch_size distinct steps out of an iteration's n (all n when minibatches is 0
+    or they would cover n), in random order: the online scripts draw them once per iteration and reshuffle
+    them into minibatches on every pass, so the update's cost does not grow with the rollouts' length."""
+    perm = torch.randperm(n, generator=gen, device=device)
+    return perm if minibatches == 0 else perm[:minibatches * batch_size]

@@ -58,11 +58,13 @@ def test_a_group_starts_from_one_initial_state_and_explores(setup):  # noqa: F81
 @pytest.mark.parametrize("members", [0, 2])
 def test_online_grpo_runs_pure_and_mixed_and_counts_env_steps(setup, members):  # noqa: F811
     mod = importlib.import_module("online_grpo")
+    # the mixed run updates on a subsample (2 minibatches of 16 steps); the pure one on every step
     args = mod.Args(env=ENV, tasks=(TASK,), num_trajs=4, total_steps=2, eval_every=1, eval_episodes=1, group_size=2,
                     offline_members=members, data_dir=str(setup / "data"), run_dir=str(setup / "online"),
-                    pretrained=str(setup / "pre.pt"), threads=1)
+                    pretrained=str(setup / "pre.pt"), threads=1, batch_size=16, minibatches=2 if members else 0)
     res = mod.main(args)
     assert res["algo"] == ("online_grpo" if members == 0 else "online_grpo_mixed")
+    assert res["config"]["minibatches"] == args.minibatches
     assert res["env_steps"] == 2 * 2 * spec(ENV).horizon  # 2 iterations x 2 rollouts of a full episode
     (t,) = res["tasks"]
     assert [c["step"] for c in t["curve"]] == [0, 1, 2] and np.isfinite(t["selected"])
@@ -84,3 +86,23 @@ def test_online_ppo_runs_and_counts_env_steps(setup):  # noqa: F811
     loss = mod.online_ppo_loss(torch.tensor([math.log(2.0)]), torch.tensor([0.0]), torch.tensor([1.0]),
                                torch.tensor([0.5]), 0.2, 0.04)
     assert loss.item() == pytest.approx(-(1.2 - 0.02))
+
+
+def test_subsample_steps_draws_distinct_steps_once_per_iteration():
+    from common.rollout import subsample_steps
+    gen = torch.Generator().manual_seed(0)
+    sub = subsample_steps(1000, 64, 4, gen)
+    assert len(sub) == 256 and len(set(sub.tolist())) == 256 and 0 <= sub.min() and sub.max() < 1000
+    assert sorted(subsample_steps(100, 64, 0, gen).tolist()) == list(range(100))  # 0: every step
+    assert sorted(subsample_steps(100, 64, 4, gen).tolist()) == list(range(100))  # fewer steps than asked: all
+
+
+@pytest.mark.parametrize("lr", [None, 3e-4])
+def test_online_lr_is_the_factor_times_the_offline_default_unless_given(setup, lr):  # noqa: F811
+    from common.finetune import DEFAULT_LR
+    mod = importlib.import_module("online_ppo")
+    args = mod.Args(env=ENV, tasks=(TASK,), num_trajs=4, total_steps=1, eval_every=1, eval_episodes=1, group_size=2,
+                    data_dir=str(setup / "data"), run_dir=str(setup / f"online_lr{lr}"), pretrained=str(setup / "pre.pt"),
+                    threads=1, tuning="lora", lr=lr, lr_factor=0.5)
+    res = mod.main(args)
+    assert res["config"]["lr"] == pytest.approx(DEFAULT_LR["lora"] * 0.5 if lr is None else lr)
