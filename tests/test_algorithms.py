@@ -161,6 +161,26 @@ def test_the_surrogates_rest_where_they_should_and_the_clip_binds(algo):
         assert surrogate_grad(loss(2.0, beta=0.5, ref=ref), rest, a, rest, zero).abs().max().item() < 1e-3
 
 
+@pytest.mark.parametrize("bc,walks_away", [(1.0, True), (10.0, False)])
+def test_grpo_anchor_above_the_largest_advantage_keeps_every_data_action_attracting(bc, walks_away):
+    """The worst trajectory of 50 has A = -sqrt(49) = -7. With bc < (1 + eps) 7 its action repels mu, and
+    refreshing pi_old every 4 steps restarts the push after each clip, so mu walks away; with bc = 10
+    the pull (bc + ratio A) stays positive and mu returns to the data."""
+    from grpo import gaussian_kl, gaussian_logp, group_advantages, grpo_loss
+    adv = torch.tensor([[group_advantages(np.r_[np.zeros(49), -1.0])[-1]]], dtype=torch.float32)
+    assert adv.item() == pytest.approx(-7.0, rel=1e-6)
+    a, mu, ones = torch.zeros(1, 1, 1), torch.full((1, 1, 1), 0.01, requires_grad=True), torch.ones(1, 1)
+    opt = torch.optim.SGD([mu], lr=1e-4)
+    for step in range(400):
+        if step % 4 == 0:
+            logp_old = gaussian_logp(a, mu, 0.1).detach()
+        loss = grpo_loss(gaussian_logp(a, mu, 0.1), logp_old, adv, gaussian_kl(mu, mu.detach(), 0.1), ones, 0.2, 0.0, bc)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (abs(mu.item()) > 0.1) if walks_away else (abs(mu.item()) < 0.001)
+
+
 def test_cql_regulariser_value_and_sign():
     from cql import cql_regulariser
     q_data = torch.tensor([[2.0]])
