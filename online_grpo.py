@@ -24,6 +24,8 @@ gradient pi' gamma / (pi + gamma)^2 is largest where pi is small, so good action
 unlikely still teach it. LUFFY's pi is a token probability in [0, 1]; a Gaussian density has no such
 bound, so we use the density relative to its peak, exp(-|a - mu|^2 / (2 std^2)), in (0, 1].
 Evaluation, selection on validation episodes and result.json are those of the offline scripts.
+--init-from <offline run folder> starts each task from that run's selected checkpoint instead of the
+pretrained policy (offline-to-online), the KL then anchoring to it.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ def main(args: Args) -> dict:
     if args.group_size + args.offline_members < 2 or args.offline_members > args.num_trajs:
         raise ValueError(f"a group needs 2 or more members and at most --num-trajs offline ones; got --group-size "
                          f"{args.group_size}, --offline-members {args.offline_members}, --num-trajs {args.num_trajs}")
-    run = Run(args, "online_grpo" if args.offline_members == 0 else "online_grpo_mixed")
+    run = Run(args, ("online_grpo" if args.offline_members == 0 else "online_grpo_mixed")
+              + ("_from_offline" if args.init_from else ""))
     for task in run.tasks:
         rng = run.seed(task)
         gen = torch.Generator(device=run.device).manual_seed(args.seed * 1000 + task)

@@ -43,7 +43,7 @@ def online_ppo_loss(logp, logp_old, adv, kl, clip_eps: float, beta: float) -> to
 
 
 def main(args: Args) -> dict:
-    run = Run(args, "online_ppo")
+    run = Run(args, "online_ppo" + ("_from_offline" if args.init_from else ""))  # --init-from: see online_grpo.py
     sp, model = run.sp, run.model
     for task in run.tasks:
         run.seed(task)

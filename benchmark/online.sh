@@ -14,11 +14,23 @@ online() {  # online ALGO ENV SEED RUN_NAME [flags...]
        "${TASK_FLAGS[$env]} --tuning full --quality expert --num-trajs $N_MAIN --group-size $GROUP" \
        "--run-name ${name}_${env}_full_expert_n${N_MAIN}_s${seed} $*"
 }
+# offline-to-online: mixed GRPO from an SFT run's saved adapters, made first (adapters stay out of git, so
+# the SFT runs go to INIT_DIR, made again on a fresh machine only where the online run is not finished)
+init_run() { echo "sft_${1}_full_expert_n${N_MAIN}_s${2}"; }
+for seed in $SEEDS; do for env in $ENVS; do
+  [ -f "$RUN_DIR/online_grpo_mixed_from_offline_${env}_full_expert_n${N_MAIN}_s${seed}/result.json" ] && continue
+  task_flags "$env"
+  echo "python sft.py --env $env --seed $seed --total-steps $STEPS --eval-every $EVAL_EVERY --eval-episodes $EPISODES" \
+       "--data-dir $DATA_DIR --run-dir $INIT_DIR --pretrained $(ckpt "$env") ${TASK_FLAGS[$env]} --tuning full" \
+       "--quality expert --num-trajs $N_MAIN --save-model selected --run-name $(init_run "$env" "$seed")"
+done; done | $PY benchmark/run.py - --workers "$WORKERS" --log-dir "$LOG_DIR" $RUN_FLAGS $([ "$DRY_RUN" = 1 ] && echo --dry-run)
 {
   main_grid  # Table 1's runs (finished ones are skipped), for the best offline method
   for seed in $SEEDS; do for env in $ENVS; do
     online online_grpo "$env" "$seed" online_grpo
     online online_grpo "$env" "$seed" online_grpo_mixed --offline-members "$MEMBERS"
     online online_ppo "$env" "$seed" online_ppo
+    online online_grpo "$env" "$seed" online_grpo_mixed_from_offline --offline-members "$MEMBERS" \
+      --init-from "$INIT_DIR/$(init_run "$env" "$seed")"
   done; done
 } | run_and_report online

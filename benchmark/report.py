@@ -38,8 +38,10 @@ ELABEL = {"antdir": "AntDir", "halfcheetahdir": "HalfCheetahDir", "halfcheetahve
           "metaworld": "MetaWorld"}
 DEFAULT_SIZE, DEFAULT_ALPHA = (3, 128, 1), 0.1
 EXPERIMENTS = ["table1", "table2", "fig1", "fig2", "fig34", "fig5", "fig7", "table4", "table6", "fig8", "online", "runs"]
-ONLINE = ("online_grpo", "online_grpo_mixed", "online_ppo")  # beyond the paper: benchmark/online.sh
-LABEL.update(online_grpo="online GRPO", online_grpo_mixed="mixed GRPO (LUFFY)", online_ppo="online PPO")
+# beyond the paper: benchmark/online.sh; "_from_offline" runs start from an offline SFT run (--init-from)
+ONLINE = ("online_grpo", "online_grpo_mixed", "online_ppo", "online_grpo_mixed_from_offline")
+LABEL.update(online_grpo="online GRPO", online_grpo_mixed="mixed GRPO (LUFFY)", online_ppo="online PPO",
+             online_grpo_mixed_from_offline="SFT, then mixed GRPO")
 
 # The paper's reference numbers (Tables 1, 2 and 6), kept as data beside this file
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_numbers.json")) as _f:
@@ -719,14 +721,18 @@ def online(runs, args) -> list[str]:
             "Full-model tuning, expert data, the test tasks of each env. Online: each iteration rolls out a group of "
             "episodes per task (the env steps used per task are in the table); offline: Table 1's runs, the best "
             "offline method being the one with the highest mean *validation* score at its selected checkpoint. "
-            "Cells: mean ± half-width of the 95% Student-t interval over seeds; wall time per run (all its tasks).\n"]
+            "Cells: mean ± half-width of the 95% Student-t interval over seeds; wall time per run (all its tasks). "
+            "'SFT, then mixed GRPO' starts each task from an SFT run's selected checkpoint (--init-from, "
+            "offline-to-online): its env steps and wall time are the online part's, to which SFT's offline run "
+            "adds its own (Table 1's SFT wall time).\n"]
     fig, axes = plt_subplots(len(envs), ncols=2, w=6, h=3.8)
     for ax, env in zip(axes, envs):
         cell = select(runs, env=env)
         offline = [a for a in ALGOS if select(cell, algo=a)]
         best = max(offline, key=lambda a: np.mean(values(select(cell, algo=a), "selected_val")), default=None)
         rows, mw = [], env == "metaworld"
-        zs = list({r["seed"]: r["result"] for r in cell}.values())
+        # the step-0 score of a run started from an offline run is that run's, not zero-shot
+        zs = list({r["seed"]: r["result"] for r in cell if not r["algo"].endswith("_from_offline")}.values())
         if zs:
             rows.append(["Zero-shot", len(zs), fmt([z["zero_shot"] for z in zs], 1), "-"]
                         + ([fmt([z["zero_shot_success"] for z in zs])] if mw else []) + ["0", "-"])

@@ -33,7 +33,7 @@ case "$SCALE" in
     : "${ONLINE_ITERS:=2}" "${ONLINE_EVAL:=1}" "${GROUP:=2}" "${MEMBERS:=1}"
     : "${ROOT_DIR:=runs/smoke}" "${DATA_DIR:=$ROOT_DIR/data}" "${PRETRAINED_DIR:=$ROOT_DIR/pretrained}"
     : "${RUN_DIR:=$ROOT_DIR/runs}" "${OUT_DIR:=$ROOT_DIR/results}" "${LOG_DIR:=$ROOT_DIR/logs}"
-    : "${PRETRAIN_RUN_DIR:=$ROOT_DIR/pretrain_runs}"
+    : "${PRETRAIN_RUN_DIR:=$ROOT_DIR/pretrain_runs}" "${INIT_DIR:=$ROOT_DIR/o2o_init}"
     # 3 trajectories of the test tasks and 2 pretraining tasks; a 20-step pretraining
     : "${COLLECT_FLAGS:=--num-trajs 3}" "${PRETRAIN_FLAGS:=--total-steps 20 --eval-every 20 --eval-episodes 1 --train-tasks 2}"
     ;;
@@ -43,7 +43,7 @@ case "$SCALE" in
     : "${ALPHAS:=0.001 0.01 0.1 1 2}" "${SIZES:=1/64/1 2/96/1 3/128/1}" "${TASKS:=all}"
     : "${ABL_TUNINGS:=full}"  # the ablations (figures 1-4, 7, table 6) use one tuning at this scale
     # online.sh: iterations per task, evaluation every, rollouts per group, offline members of a mixed group
-    : "${ONLINE_ITERS:=30}" "${ONLINE_EVAL:=10}" "${GROUP:=8}" "${MEMBERS:=2}"
+    : "${ONLINE_ITERS:=10}" "${ONLINE_EVAL:=5}" "${GROUP:=8}" "${MEMBERS:=2}"
     : "${ROOT_DIR:=benchmark/results/cpu}" "${DATA_DIR:=data}" "${PRETRAINED_DIR:=pretrained}"
     : "${RUN_DIR:=$ROOT_DIR/runs}" "${OUT_DIR:=$ROOT_DIR}"
     : "${COLLECT_FLAGS:=--workers 2}" "${PRETRAIN_FLAGS:=}"
@@ -62,6 +62,7 @@ case "$SCALE" in
   *) echo "error: SCALE must be smoke, cpu or paper (got '$SCALE')" >&2; exit 2 ;;
 esac
 LOG_DIR=${LOG_DIR:-runs/logs/$SCALE}  # one log per finetuning run
+INIT_DIR=${INIT_DIR:-runs/o2o_init/$SCALE}  # online.sh's SFT runs with saved adapters (never in git)
 PRETRAIN_RUN_DIR=${PRETRAIN_RUN_DIR:-runs}  # pretraining's resumable state (large, never in git)
 [ "$WORKERS" -ge 1 ] 2>/dev/null || { echo "error: WORKERS must be a positive integer (got '$WORKERS')" >&2; exit 2; }
 for a in $ALGOS; do [ -f "$a.py" ] || { echo "error: unknown algorithm '$a' in ALGOS; choose from: $ALL_ALGOS" >&2; exit 2; }; done

@@ -35,7 +35,7 @@ from common.data import (QUALITIES, atomic_write, atomic_write_json, gather, loa
 from common.envs import ENV_NAMES, spec
 from common.model import default_checkpoint, load_pretrained, num_params
 from common.rollout import check_rendering, eval_seeds, evaluate, render_episode, task_prompt_and_target
-from common.tuning import TunedPolicy, adapter_state, format_bytes, save_adapter
+from common.tuning import TunedPolicy, adapter_manifest, adapter_state, format_bytes, save_adapter
 
 # The seven finetuning scripts, in the paper's column order (each is <name>.py at the top level).
 ALGOS = ("sft", "dpo", "grpo", "ppo", "cql", "qp_dpo", "qp_sft")
@@ -143,6 +143,10 @@ class OnlineArgs(FinetuneArgs):
     """minibatches of --batch-size steps per pass, drawn once per iteration from its rollouts' steps and
     reused by every pass (0: all of its steps); a MetaWorld group of 8 is 4,000 steps, and a backward
     pass through the DT costs ~1 s per 256 windows on one CPU thread, so all of them would cost ~8x the rollout"""
+    init_from: str = ""
+    """offline-to-online: start each task from the selected checkpoint that an offline finetuning run saved
+    (its folder <run-dir>/<run-name>, made with --save-model selected, the default), with the KL to that
+    policy; empty: start from the pretrained policy. The step-0 evaluation then scores the offline policy"""
     lr_factor: float = 0.1
     """without --lr, the learning rate is this times the tuning's offline default: on-policy updates move
     the policy further per step than imitation (at the offline lr, 1e-4 for full tuning, the KL to the
@@ -316,7 +320,9 @@ class Run:
         self.ckpt = args.pretrained or default_checkpoint(args.env)
         self.model = load_pretrained(self.ckpt, args.env, self.sp.obs_dim, self.sp.act_dim, self.device)
         self.model.requires_grad_(False)
-        self.ckpt_sha256 = file_sha256(self.ckpt) if args.save_model != "none" else None  # in adapter manifests
+        init_from = getattr(args, "init_from", "")
+        self.ckpt_sha256 = file_sha256(self.ckpt) if args.save_model != "none" or init_from else None  # manifests
+        self.init = {t: self._init_adapter(init_from, t) for t in self.all_tasks} if init_from else {}
         # every task's data are loaded up front, so a bad flag fails before any training
         self.data = {t: self._task_data(t) for t in self.all_tasks}
         if args.capture_video:
@@ -371,6 +377,24 @@ class Run:
                 self.times[task] = {k: old[k] for k in ("wall_time_s", "train_time_s")}
                 print(f"task {task}: finished by an earlier run, kept {path}")
 
+    def _init_adapter(self, folder: str, task: int) -> str:
+        """The selected adapter an offline run saved for `task` (--init-from), checked to fit this run."""
+        path = os.path.join(folder, "adapters", f"task_{task:02d}_selected.safetensors")
+        if not os.path.exists(path):
+            raise ValueError(f"--init-from {folder}: no {path}; finetune task {task} offline first with "
+                             f"--save-model selected (the default), e.g. python sft.py --env {self.args.env} "
+                             f"--tuning {self.args.tuning} --run-dir {os.path.dirname(folder) or '.'} "
+                             f"--run-name {os.path.basename(folder)}")
+        c, a = adapter_manifest(path), self.args
+        diff = [f"--{k.replace('_', '-')} {c['config'][k]} vs {getattr(a, k)}" for k in
+                ("env", "tuning", "lora_rank", "lora_alpha", "decorator_bound") if c["config"][k] != getattr(a, k)]
+        if c["pretrained_sha256"] != self.ckpt_sha256:
+            diff.append(f"pretrained checkpoint {c['pretrained']} vs {self.ckpt}")
+        if diff:
+            raise ValueError(f"--init-from {path} was trained with other settings ({', '.join(diff[:3])}); "
+                             f"pass the same ones")
+        return path
+
     def _task_data(self, task: int) -> dict:
         a = self.args
         trajs = load_trajectories(a.env, task, a.quality, a.data_dir, a.num_trajs)
@@ -389,6 +413,13 @@ class Run:
         a = self.args
         pol = TunedPolicy(self.model, a.tuning, self.data[task]["prompt"], a.lora_rank, a.lora_alpha,
                           decorator_bound=a.decorator_bound).to(self.device)
+        if task in self.init:  # --init-from: the offline run's parameters and prompt (keys checked to fit)
+            from safetensors.torch import load_file
+
+            sd = load_file(self.init[task], device=str(self.device))
+            if set(sd) != set(adapter_state(pol)):
+                raise ValueError(f"{self.init[task]} does not fit a {a.tuning} policy; pass the run's own flags")
+            pol.load_state_dict(sd, strict=False)
         n, nbytes = pol.trainable_size()
         if self.trainable is None:
             self.trainable = (n, nbytes)

@@ -54,7 +54,8 @@ def test_smoke_scale_of_every_script_writes_its_table_and_figure(smoke_root, nam
     elif name == "fig5":
         assert "l1 e32 h1" in md and "l3 e128 h1" in md
     elif name == "online":  # zero-shot, the best offline method, and the three online methods with their env steps
-        assert "(best offline)" in md and all(m in md for m in ("| online GRPO |", "| mixed GRPO (LUFFY) |", "| online PPO |"))
+        assert "(best offline)" in md and all(m in md for m in ("| online GRPO |", "| mixed GRPO (LUFFY) |", "| online PPO |",
+                                                                "| SFT, then mixed GRPO |"))
         assert "| 800 |" in md  # 2 iterations x 2 rollouts x 200 steps on the one smoke task
     elif name == "table6":
         assert re.search(rf"\| HalfCheetahVel \| {number} \| {number} \|", md)
@@ -80,6 +81,11 @@ def test_paper_scale_grids_have_every_cell_once():
     fig5 = commands("fig5", SCALE="paper")
     assert len(fig5) == 5 * 2 * 4 * 3 and all("--env metaworld" in c and "qp_dpo.py" in c for c in fig5)
     assert len(commands("table6", SCALE="paper")) == 4 * 2 * 3
+    online = commands("online", SCALE="paper")  # SFT runs to start from, Table 1's full tuning, 4 online methods
+    init = [c for c in online if "--save-model selected" in c]
+    assert len(online) == len(set(online)) == 4 * 3 * (1 + 7 + 4) and len(init) == 4 * 3
+    names = [re.search(r"--run-name (\S+)", c).group(1) for c in init]
+    assert all(f"--init-from runs/o2o_init/paper/{n}" in " ".join(online) for n in names)
     # overrides narrow the grid
     assert len(commands("table1", SCALE="cpu", ALGOS="sft qp_sft", TUNINGS="full", SEEDS="3")) == 2
 

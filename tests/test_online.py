@@ -106,3 +106,20 @@ def test_online_lr_is_the_factor_times_the_offline_default_unless_given(setup, l
                     threads=1, tuning="lora", lr=lr, lr_factor=0.5)
     res = mod.main(args)
     assert res["config"]["lr"] == pytest.approx(DEFAULT_LR["lora"] * 0.5 if lr is None else lr)
+
+
+def test_init_from_starts_online_finetuning_at_the_offline_runs_selected_checkpoint(setup):  # noqa: F811
+    from test_algorithms import run_algo
+    off = run_algo(setup, "sft", run_dir="offline", tuning="lora", total_steps=4, eval_every=2)
+    (folder,) = [str(d) for d in (setup / "offline").iterdir()]
+    mod = importlib.import_module("online_grpo")
+    base = dict(env=ENV, tasks=(TASK,), num_trajs=4, total_steps=1, eval_every=1, eval_episodes=1, group_size=2,
+                data_dir=str(setup / "data"), pretrained=str(setup / "pre.pt"), threads=1, tuning="lora")
+    res = mod.main(mod.Args(**base, run_dir=str(setup / "o2o"), init_from=folder))
+    # the step-0 evaluation scores the offline policy: the offline run's selected checkpoint, same episodes
+    assert res["tasks"][0]["curve"][0]["return"] == off["tasks"][0]["selected"]
+    assert res["config"]["init_from"] == folder
+    with pytest.raises(ValueError, match="--save-model selected"):
+        mod.main(mod.Args(**base, run_dir=str(setup / "o2o_bad"), init_from=str(setup / "nowhere")))
+    with pytest.raises(ValueError, match="other settings"):
+        mod.main(mod.Args(**{**base, "tuning": "full"}, run_dir=str(setup / "o2o_bad"), init_from=folder))
