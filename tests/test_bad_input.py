@@ -64,7 +64,7 @@ def call(script: str, argv: list[str], monkeypatch, capsys) -> str:
     monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
     mod = importlib.import_module(script if script != "report" else "benchmark.report")
     with pytest.raises(SystemExit) as e:
-        if script in ALGOS:
+        if script in ALGOS or script.startswith("online_"):
             finetune_cli(mod.main, mod.Args)
         elif script == "report":
             sys.exit(mod.main())
@@ -130,6 +130,11 @@ CASES = [(algo, flags, want) for algo in ALGOS for flags, want in [
     ("qp_sft", ["--critic-batch", "0"], "--critic-batch must be at least 1"),
     ("qp_sft", ["--num-target-samples", "0"], "--num-target-samples must be at least 1"),
     ("qp_sft", ["--target-sample-std", "-1"], "--target-sample-std must be 0 or more"),
+    ("online_grpo", ["--minibatches", "-1"], "--minibatches must be 0 or more"),
+    ("online_grpo", ["--lr-factor", "0"], "--lr-factor must be positive"),
+    ("online_grpo", ["--init-from", f"{F}/runs/nothing"], f"no {F}/runs/nothing/adapters/task_{TASK:02d}_selected"
+                                                          ".safetensors; finetune task"),
+    ("online_ppo", ["--init-from", f"{F}/runs/nothing"], "--save-model selected (the default), e.g. python sft.py"),
     ("pretrain_pdt", ["--total-steps", "0"], "--total-steps must be at least 1"),
     ("pretrain_pdt", ["--batch-size", "0"], "--batch-size must be at least 1"),
     ("pretrain_pdt", ["--eval-every", "0"], "--eval-every must be at least 1"),
