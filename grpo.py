@@ -19,13 +19,14 @@ Where we depart from the paper, and why (measured on halfcheetahvel, full tuning
 - An imitation anchor, --bc-weight times the data's negative log-likelihood (InstructGPT's PPO-ptx
   term). On a near-deterministic expert's data the normalised returns are mostly noise, and with a
   fixed std a negative advantage pushes mu away from the data action without limit (|mu - a| went
-  0.032 -> 0.166 in 150 steps). With the anchor each data action's pull is (bc + ratio A) / std^2,
-  ratio in [1 - eps, 1 + eps] while the surrogate's gradient is on: the advantage re-weights
-  imitation. If bc < (1 + eps) |A| the pull is negative: the clip stops the push within one
-  iteration, but the next pi_old starts it again, so the policy walks away from that action until
-  the KL holds it (MetaWorld, bc 1: KL to pi_ref 3-48, i.e. |mu - mu_ref| up to 1, and task 47 fell
-  from 38 to 2). Normalised returns of N trajectories satisfy |A| <= sqrt(N - 1), so
-  bc >= (1 + eps) sqrt(N - 1) (8.4 for 50 trajectories) keeps every data action attracting (tested).
+  0.032 -> 0.166 in 150 steps). With the anchor each data action pulls mu by (bc + ratio A)(a - mu)
+  / std^2 while the surrogate's gradient is on, and near the data the ratio is close to 1 (at most
+  exp(|a - mu_old|^2 / (2 std^2))): the advantage re-weights imitation. If bc < |A| the pull is a
+  push: the clip stops it once the ratio falls below 1 - eps, but the next pi_old starts it again,
+  so the policy walks away from that action until the KL holds it (MetaWorld, bc 1: KL to pi_ref
+  3-48 nats, |mu - mu_ref| up to 1, and task 47 fell from 38 to 2). Normalised returns of N
+  trajectories satisfy |A| <= sqrt(N - 1), so bc >= (1 + eps) sqrt(N - 1) (8.4 for 50
+  trajectories) keeps every data action attracting for ratios up to 1 + eps (tested).
   With A = 0 everywhere the loss is the anchor plus the KL, whose minimum lies between the data and
   pi_ref.
 pi_ref's actions for every window of the task are computed once (Run.window_table).
