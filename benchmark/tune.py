@@ -147,7 +147,7 @@ def main() -> int:
         rc = subprocess.run(run, input="\n".join(cmds), text=True, cwd=ROOT).returncode
         if args.dry_run:
             return rc
-    pick(args.envs, args.algos, args)
+    pick(args.envs, list(GRID), args)  # every algorithm's table, from the runs there are: --algos limits only the runs
     return 0
 
 
