@@ -67,7 +67,7 @@ def main(args: Args) -> dict:
     for task in run.tasks:
         rng = run.seed(task)
         gen = torch.Generator(device=run.device).manual_seed(args.seed * 1000 + task)
-        policy, ref = run.policy(task).eval(), run.policy(task).eval()  # ref: the pretrained policy, frozen
+        policy, ref = run.policy(task).eval(), run.policy(task).eval()  # ref: the starting policy, frozen
         opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
         p, K, target = run.data[task]["packed"], run.model.cfg.K, run.data[task]["target"]
         curve, env_steps = run.zero_shot(policy, task), 0

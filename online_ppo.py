@@ -48,7 +48,7 @@ def main(args: Args) -> dict:
     for task in run.tasks:
         run.seed(task)
         gen = torch.Generator(device=run.device).manual_seed(args.seed * 1000 + task)
-        policy, ref = run.policy(task).eval(), run.policy(task).eval()  # ref: the pretrained policy, frozen
+        policy, ref = run.policy(task).eval(), run.policy(task).eval()  # ref: the starting policy, frozen
         opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
         critic = nn.Sequential(nn.Linear(sp.obs_dim + 1, 256), nn.Mish(), nn.Linear(256, 256), nn.Mish(),
                                nn.Linear(256, 256), nn.Mish(), nn.Linear(256, 1)).to(run.device)

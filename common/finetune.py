@@ -122,7 +122,7 @@ class FinetuneArgs:
 @dataclass
 class OnlineArgs(FinetuneArgs):
     """The flags the online scripts (online_grpo.py, online_ppo.py) share: rollouts in the simulator, then
-    clipped-surrogate updates with the exact KL to the pretrained policy."""
+    clipped-surrogate updates with the exact KL to the starting policy."""
     total_steps: int = 40
     """iterations per test task: --group-size rollouts, then --update-epochs passes over their steps"""
     eval_every: int = 10
@@ -134,23 +134,20 @@ class OnlineArgs(FinetuneArgs):
     clip_eps: float = 0.2
     """epsilon of the clipped ratio (eqs. 5, 9)"""
     beta: float = 0.04
-    """weight of the exact KL to the pretrained policy"""
+    """weight of the exact KL to the starting policy (the pretrained one, or --init-from's)"""
     policy_std: float = 0.1
     """fixed std of the Gaussian policy around the DT's action (exploration noise of the rollouts)"""
     update_epochs: int = 2
     """passes over each iteration's minibatches"""
     minibatches: int = 4
-    """minibatches of --batch-size steps per pass, drawn once per iteration from its rollouts' steps and
-    reused by every pass (0: all of its steps); a MetaWorld group of 8 is 4,000 steps, and a backward
-    pass through the DT costs ~1 s per 256 windows on one CPU thread, so all of them would cost ~8x the rollout"""
+    """minibatches of --batch-size steps per pass, drawn once per iteration from the rollouts' steps (0: all
+    of them); bounds the update's cost (a MetaWorld group of 8 rollouts has 4,000 steps)"""
     init_from: str = ""
-    """offline-to-online: start each task from the selected checkpoint that an offline finetuning run saved
-    (its folder <run-dir>/<run-name>, made with --save-model selected, the default), with the KL to that
-    policy; empty: start from the pretrained policy. The step-0 evaluation then scores the offline policy"""
+    """offline-to-online: an offline run's folder <run-dir>/<run-name> (saved with --save-model selected, the
+    default) whose selected checkpoint starts each task and anchors the KL; empty: the pretrained policy"""
     lr_factor: float = 0.1
-    """without --lr, the learning rate is this times the tuning's offline default: on-policy updates move
-    the policy further per step than imitation (at the offline lr, 1e-4 for full tuning, the KL to the
-    pretrained policy reached 0.7-1.3 within 10 MetaWorld iterations)"""
+    """without --lr, the learning rate is this times the tuning's offline default (on-policy updates drift
+    further per step than imitation does)"""
 
 
 # Flag checks for every script's Args (a flag a script does not have is skipped): bad values end
