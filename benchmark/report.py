@@ -255,9 +255,9 @@ def table1(runs, args) -> list[str]:
              takeaways(means, envs), ""]
     text += runtime_section(runs)
     plot_table1(runs, envs, args.out_dir)
-    text += ["![Table 1](table1.png)", ""]
+    text += ["![Table 1](table1.png)", "", "Learning curves (step 0 is zero-shot): ![curves](table1_curves.png)", ""]
     return [write(args.out_dir, "table1.md", "\n".join(text)), os.path.join(args.out_dir, "table1.png"),
-            os.path.join(args.out_dir, "table1_profiles.png")]
+            os.path.join(args.out_dir, "table1_profiles.png"), os.path.join(args.out_dir, "table1_curves.png")]
 
 
 def task_scores(runs, key: str) -> dict:
@@ -377,36 +377,55 @@ def runtime_section(runs) -> list[str]:
 
 
 def plot_table1(runs, envs, out_dir):
+    tunings = [t for t in TUNINGS if select(runs, tuning=t)]  # only the tunings that were run
     fig, axes = plt_subplots(len(envs), ncols=2, w=7, h=3.6)
     width = 0.8 / len(ALGOS)
     for ax, env in zip(axes, envs):
         for i, algo in enumerate(ALGOS):
-            for j, tuning in enumerate(TUNINGS):
+            for j, tuning in enumerate(tunings):
                 c = select(runs, env=env, tuning=tuning, algo=algo)
                 if not c:
                     continue
                 m, lo, hi = t_interval(values(c, "selected"))
                 x = j - 0.4 + width * (i + 0.5)
+                first = not any(LABEL[algo] == h.get_label() for h in ax.get_lines() + ax.containers)
                 # markers, not bars: returns can be negative, where a bar's length would mean nothing
                 ax.errorbar(x, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt="o", color=f"C{i}",
-                            capsize=2, label=LABEL[algo] if j == 0 else None)
+                            capsize=2, label=LABEL[algo] if first else None)
                 ax.plot(x, np.mean(values(c, "final")), "x", color=f"C{i}", ms=5,
-                        label="final" if (i, j) == (0, 0) else None)
+                        label="final" if not any(h.get_label() == "final" for h in ax.get_lines()) else None)
         zs = values(select(runs, env=env), "zero_shot")
         ax.axhline(np.mean(zs), color="k", ls="--", lw=1, label="zero-shot")
         lo = min([np.mean(zs)] + [np.mean(values(select(runs, env=env, tuning=t, algo=a), k))
-                                  for t in TUNINGS for a in ALGOS for k in ("selected", "final")
+                                  for t in tunings for a in ALGOS for k in ("selected", "final")
                                   if select(runs, env=env, tuning=t, algo=a)])
         hi = max(np.mean(values(select(runs, env=env, tuning=t, algo=a), "selected"))
-                 for t in TUNINGS for a in ALGOS if select(runs, env=env, tuning=t, algo=a))
+                 for t in tunings for a in ALGOS if select(runs, env=env, tuning=t, algo=a))
         pad = 0.15 * (hi - lo + 1e-9)
         ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xticks(range(len(TUNINGS)), [TLABEL[t] for t in TUNINGS])
-        ax.set_title(f"{ELABEL[env]}: selected checkpoint (o, 95% t interval over seeds), final (x)")
+        ax.set_xticks(range(len(tunings)), [TLABEL[t] for t in tunings])
+        ax.set_title(f"{ELABEL[env]}: selected checkpoint (o, 95% t interval over seeds), final (x)", fontsize=9)
         ax.set_ylabel("return")
-    if envs:
-        axes[0].legend(fontsize=7, ncol=3)
+        ax.legend(fontsize=7, ncol=3)
     savefig(fig, out_dir, "table1.png")
+    # the learning curves behind the table: reporting and validation return against the finetuning step
+    fig, axes = plt_subplots(len(envs) * len(tunings), ncols=max(len(tunings), 2), w=5.5, h=3.6)
+    for ax, (env, tuning) in zip(axes, [(e, t) for e in envs for t in tunings]):
+        for i, algo in enumerate(ALGOS):
+            c = select(runs, env=env, tuning=tuning, algo=algo)
+            if not c:
+                continue
+            steps = [pt["step"] for pt in c[0]["result"]["tasks"][0]["curve"]]
+            for key, ls in (("return", "-"), ("val_return", ":")):
+                y = np.mean([[np.mean([t["curve"][k][key] for t in r["result"]["tasks"]]) for k in range(len(steps))]
+                             for r in c], 0)
+                ax.plot(steps, y, ls, marker="o" if ls == "-" else None, ms=3, color=f"C{i}",
+                        label=LABEL[algo] if ls == "-" else None)
+        ax.set_title(f"{ELABEL[env]}, {TLABEL[tuning]}: reporting (-) and validation (:) return", fontsize=9)
+        ax.set_xlabel("finetuning step (per task)")
+        ax.set_ylabel("return, mean over tasks and seeds")
+        ax.legend(fontsize=7, ncol=2)
+    savefig(fig, out_dir, "table1_curves.png")
 
 
 # ---------------------------------------------------------------- the other experiments

@@ -15,7 +15,7 @@ spec = importlib.util.spec_from_file_location("report", os.path.join(ROOT, "benc
 report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)
 
-OUTPUTS = {"table1": ["table1.md", "table1.png", "table1_profiles.png"], "table2": ["table2.md", "table2.png"],
+OUTPUTS = {"table1": ["table1.md", "table1.png", "table1_profiles.png", "table1_curves.png"], "table2": ["table2.md", "table2.png"],
            "fig1": ["fig1.md", "fig1.png"], "fig2": ["fig2.md", "fig2.png"],
            "fig34": ["fig34.md", "fig3.png", "fig4.png"], "fig5": ["fig5.md", "fig5.png"],
            "fig7": ["fig7.md", "fig7.png"], "table4": ["table4.md", "table4.png"],
