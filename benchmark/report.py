@@ -417,6 +417,8 @@ def plot_table1(runs, envs, out_dir):
                 continue
             steps = [pt["step"] for pt in c[0]["result"]["tasks"][0]["curve"]]
             for key, ls in (("return", "-"), ("val_return", ":")):
+                if any(key not in pt for r in c for t in r["result"]["tasks"] for pt in t["curve"]):
+                    continue  # results from before validation episodes existed
                 y = np.mean([[np.mean([t["curve"][k][key] for t in r["result"]["tasks"]]) for k in range(len(steps))]
                              for r in c], 0)
                 ax.plot(steps, y, ls, marker="o" if ls == "-" else None, ms=3, color=f"C{i}",
