@@ -2,12 +2,18 @@
 
     python benchmark/speed.py --what train   # a pretraining step vs the machine's matmul peak
     python benchmark/speed.py --what eval    # common/rollout.py vs the raw simulator
+    python benchmark/speed.py --what algos --env antdir --threads 1   # each algorithm's step vs SFT's
 
 train: FLOP/s of one forward + backward + AdamW step of the Prompt-DT at the given scale and batch
        (model FLOPs: 6 x matmul parameters x tokens + causal attention), against a large square
        fp32 matmul on the same threads.
 eval:  evaluate() on the test tasks x --episodes with the pretrained model (or a random one of the
        same shape), against the same episodes with uniform random actions and no model.
+algos: train time per gradient step of each finetuning script (its own loop, the env's presets, one test
+       task, --steps steps, critic warm-ups and one-off tables excluded as in result.json), the scripts
+       interleaved --repeats times in one process so that they share whatever load the machine has; the
+       median per algorithm and its ratio to SFT's (Table 4's lower half, measured fairly). Needs the
+       task's data and the pretrained checkpoint.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from common.rollout import evaluate, random_rollout_time  # noqa: E402
 
 @dataclass
 class Args:
-    what: Literal["train", "eval"] = "train"
+    what: Literal["train", "eval", "algos"] = "train"
     """which loop to measure"""
     env: str = "halfcheetahvel"
     """env family (sets the token dimensions, and the simulator for eval)"""
@@ -45,6 +51,12 @@ class Args:
     """train: timed steps (after 5 warm-up steps)"""
     episodes: int = 10
     """eval: episodes per test task"""
+    tuning: str = "full"
+    """algos: the finetuning configuration"""
+    repeats: int = 3
+    """algos: rounds of the interleaved scripts"""
+    data_dir: str = "data"
+    """algos: the datasets"""
     matmul: int = 2048
     """size of the square matmul that defines the peak"""
     threads: int = 2
@@ -135,8 +147,33 @@ def eval_speed(args: Args, device) -> None:
           f"{ev['time_s'] / raw * n / steps:.2f} | {(ev['time_s'] - model_time[0]) / raw * n / steps:.2f} |")
 
 
+def algo_speed(args: Args) -> None:
+    import importlib
+    import tempfile
+
+    from common.finetune import ALGOS
+
+    times = {a: [] for a in ALGOS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            for algo in ALGOS:
+                mod = importlib.import_module(algo)
+                res = mod.main(mod.Args(env=args.env, tuning=args.tuning, tasks=(spec(args.env).test_tasks[0],),
+                                        total_steps=args.steps, eval_every=args.steps, eval_episodes=1,
+                                        data_dir=args.data_dir, run_dir=tmp, run_name=f"{algo}_{rep}",
+                                        threads=args.threads, cuda=args.cuda, save_model="none"))
+                times[algo].append(res["train_time_s"] / args.steps)
+    ref = np.median(times["sft"])
+    print(f"\n| algorithm | ms per step (median of {args.repeats}) | relative to SFT |\n|---|---|---|")
+    for algo in ALGOS:
+        print(f"| {algo} | {np.median(times[algo]) * 1e3:.0f} | {np.median(times[algo]) / ref:.2f} |")
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    train_speed(args, device) if args.what == "train" else eval_speed(args, device)
+    if args.what == "algos":
+        algo_speed(args)
+    else:
+        train_speed(args, device) if args.what == "train" else eval_speed(args, device)
