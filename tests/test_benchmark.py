@@ -208,6 +208,19 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     assert (tmp_path / "table1_profiles.png").stat().st_size > 0
     runtime = [line for line in md.splitlines() if line.startswith("| Prompt | 1.0 min |")]
     assert len(runtime) == 2 and all("| 1.50 |" in line for line in runtime)  # wall and train time
+    # with only full-model tuning run, the within-tuning claims are checked there, the across-tuning ones are not
+    full_only = tmp_path / "full_only"
+    for algo, b in base.items():
+        fake_result(full_only / "runs", algo, "full", 1, best=b, final=b, zero_shot=-10.0)
+    out = subprocess.run([sys.executable, "benchmark/report.py", "table1", "--run-dir", str(full_only / "runs"),
+                          "--out-dir", str(full_only)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    md = (full_only / "table1.md").read_text()
+    verdict = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:6]]
+               for line in md.splitlines() if line.startswith("| ") and line.count("|") == 6}
+    assert verdict["QP-SFT beats SFT in every tuning"][1:] == ["holds"] * 3
+    assert verdict["SFT and DPO do best with full-model tuning"] == ["n/a (tunings not run)"] * 4
+    assert "the tunings run for every algorithm (Full model)" in md
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, ".git")), reason="needs the git checkout")
