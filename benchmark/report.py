@@ -385,6 +385,7 @@ def plot_table1(runs, envs, out_dir):
     fig, axes = plt_subplots(len(envs), ncols=2, w=7, h=3.6)
     width = 0.8 / len(ALGOS)
     for ax, env in zip(axes, envs):
+        labelled = set()  # each algorithm and "final" once in the legend
         for i, algo in enumerate(ALGOS):
             for j, tuning in enumerate(tunings):
                 c = select(runs, env=env, tuning=tuning, algo=algo)
@@ -392,12 +393,12 @@ def plot_table1(runs, envs, out_dir):
                     continue
                 m, lo, hi = t_interval(values(c, "selected"))
                 x = j - 0.4 + width * (i + 0.5)
-                first = not any(LABEL[algo] == h.get_label() for h in ax.get_lines() + ax.containers)
                 # markers, not bars: returns can be negative, where a bar's length would mean nothing
                 ax.errorbar(x, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt="o", color=f"C{i}",
-                            capsize=2, label=LABEL[algo] if first else None)
+                            capsize=2, label=None if algo in labelled else LABEL[algo])
                 ax.plot(x, np.mean(values(c, "final")), "x", color=f"C{i}", ms=5,
-                        label="final" if not any(h.get_label() == "final" for h in ax.get_lines()) else None)
+                        label=None if "final" in labelled else "final")
+                labelled |= {algo, "final"}
         zs = values(select(runs, env=env), "zero_shot")
         ax.axhline(np.mean(zs), color="k", ls="--", lw=1, label="zero-shot")
         lo = min([np.mean(zs)] + [np.mean(values(select(runs, env=env, tuning=t, algo=a), k))

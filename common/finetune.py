@@ -35,7 +35,7 @@ from common.data import (QUALITIES, atomic_write, atomic_write_json, gather, loa
 from common.envs import ENV_NAMES, spec
 from common.model import default_checkpoint, load_pretrained, num_params
 from common.rollout import check_rendering, eval_seeds, evaluate, render_episode, task_prompt_and_target
-from common.tuning import TunedPolicy, adapter_manifest, adapter_state, format_bytes, save_adapter
+from common.tuning import TunedPolicy, adapter_manifest, adapter_state, format_bytes, load_adapter, save_adapter
 
 # The seven finetuning scripts, in the paper's column order (each is <name>.py at the top level).
 ALGOS = ("sft", "dpo", "grpo", "ppo", "cql", "qp_dpo", "qp_sft")
@@ -408,15 +408,11 @@ class Run:
 
     def policy(self, task: int) -> TunedPolicy:
         a = self.args
-        pol = TunedPolicy(self.model, a.tuning, self.data[task]["prompt"], a.lora_rank, a.lora_alpha,
-                          decorator_bound=a.decorator_bound).to(self.device)
-        if task in self.init:  # --init-from: the offline run's parameters and prompt (keys checked to fit)
-            from safetensors.torch import load_file
-
-            sd = load_file(self.init[task], device=str(self.device))
-            if set(sd) != set(adapter_state(pol)):
-                raise ValueError(f"{self.init[task]} does not fit a {a.tuning} policy; pass the run's own flags")
-            pol.load_state_dict(sd, strict=False)
+        if task in self.init:  # --init-from: the offline run's policy, its prompt included (keys checked there)
+            pol = load_adapter(self.init[task], self.model)[0].to(self.device)
+        else:
+            pol = TunedPolicy(self.model, a.tuning, self.data[task]["prompt"], a.lora_rank, a.lora_alpha,
+                              decorator_bound=a.decorator_bound).to(self.device)
         n, nbytes = pol.trainable_size()
         if self.trainable is None:
             self.trainable = (n, nbytes)
