@@ -32,8 +32,9 @@ from common.finetune import PRESETS_PATH, load_presets  # noqa: E402
 GRID = {
     "sft": {},  # the reference: SFT's only hyperparameter is the learning rate, shared by all seven
     "dpo": {"beta": [0.1, 1.0]},
-    # bc_weight 10 > (1 + clip_eps) sqrt(49): no data action of 50 trajectories is ever pushed away (grpo.py)
-    "grpo": {"bc_weight": [1.0, 0.0, 10.0], "beta": [0.04, 0.5]},
+    # bc_weight 10 > (1 + clip_eps) sqrt(49): no data action of 50 trajectories is ever pushed away (grpo.py);
+    # update_epochs 1: one gradient step per batch (at 4, three of every four steps reuse a batch)
+    "grpo": {"bc_weight": [1.0, 0.0, 10.0], "beta": [0.04, 0.5], "update_epochs": [4, 1]},
     "ppo": {"bc_weight": [10.0, 1.0, 0.0]},
     "cql": {"alpha": [5.0, 1.0], "bc_weight": [10.0, 1.0]},
     "qp_sft": {"alpha": [0.1, 0.001, 0.01, 1.0]},
