@@ -35,7 +35,7 @@ GRID = {
     # bc_weight 10 > (1 + clip_eps) sqrt(49): no data action of 50 trajectories is ever pushed away (grpo.py);
     # update_epochs 1: one gradient step per batch (at 4, three of every four steps reuse a batch)
     "grpo": {"bc_weight": [1.0, 0.0, 10.0], "beta": [0.04, 0.5], "update_epochs": [4, 1]},
-    "ppo": {"bc_weight": [10.0, 1.0, 0.0]},
+    "ppo": {"bc_weight": [10.0, 1.0, 0.0], "update_epochs": [4, 1]},
     "cql": {"alpha": [5.0, 1.0], "bc_weight": [10.0, 1.0]},
     "qp_sft": {"alpha": [0.1, 0.001, 0.01, 1.0]},
     "qp_dpo": {"alpha": [0.1, 0.001, 0.01, 1.0]},
@@ -105,6 +105,9 @@ def pick(envs: list[str], algos: list[str], args) -> dict:
               f"Zero-shot (reporting episodes): {zs:.1f}\n",
               "| algorithm | point | validation (selected)" + (" return / success" if env == "metaworld" else "")
               + " | reporting: selected | reporting: final | |", "|---|---|---|---|---|---|", *rows, ""]
+        if args.dry_run:  # --pick-only --dry-run: print the table, write nothing
+            print("\n".join(md))
+            continue
         os.makedirs(args.out_dir, exist_ok=True)
         tmp = os.path.join(args.out_dir, f".{env}.md.{os.getpid()}.tmp")
         with open(tmp, "w") as f:

@@ -170,6 +170,13 @@ def test_tune_runs_its_grid_on_validation_scores_and_writes_presets(smoke_root, 
     assert val[chosen] == max(val.values())
     md = (tmp_path / "halfcheetahvel.md").read_text()
     assert md.count("| qp_sft |") == 4 and md.count("**chosen**") == 1
+    # --pick-only --dry-run prints the table and writes nothing
+    (tmp_path / "halfcheetahvel.md").unlink()
+    presets.unlink()
+    out = subprocess.run(cmd + ["--pick-only", "--dry-run"], cwd=ROOT, env={**os.environ, "RFT_PRESETS": str(presets)},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.count("| qp_sft |") == 4, out.stderr[-2000:]
+    assert not (tmp_path / "halfcheetahvel.md").exists() and not presets.exists()
 
 
 def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
