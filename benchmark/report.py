@@ -742,7 +742,7 @@ def online(runs, args) -> list[str]:
     """Online GRPO, mixed GRPO and online PPO against zero-shot and the best offline method (full tuning,
     expert data): selected and final scores, env steps and wall time, and curves against env steps."""
     runs = [r for r in main_setting(runs, args.n_main) if r["tuning"] == "full"]
-    envs = present(runs, "env", ENVS)
+    envs = [e for e in present(runs, "env", ENVS) if any(r["algo"] in ONLINE for r in select(runs, env=e))]
     text = ["# Beyond the paper: online finetuning vs the best offline method\n",
             "Full-model tuning, expert data, the test tasks of each env. Online: each iteration rolls out a group of "
             "episodes per task (the env steps used per task are in the table); offline: Table 1's runs, the best "
