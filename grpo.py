@@ -15,7 +15,13 @@ Where we depart from the paper, and why (measured on halfcheetahvel, full tuning
   KL is exact and cheap, |mu - mu_ref|^2 / (2 std^2), and we use that.
 - pi_old is held for --update-epochs gradient steps on the same batch (as in PPO), so the ratio
   moves away from 1 and the clip bounds each iteration's step; refreshed every other step, as before,
-  the clip never bound.
+  the clip never bound. The search may choose 1 (a preset): the ratio is then 1 at every gradient,
+  the clip never binds, and the step is advantage-weighted imitation, (bc + A) grad log pi, plus the
+  KL. On MetaWorld it did: at 4 steps per batch every anchored point validated far below SFT
+  (success 0.15-0.35 against 0.55; at bc 10, where the loss is SFT's up to a +-A/bc re-weighting,
+  task 48 fell from 0.2 zero-shot to 0.0-0.3 while SFT reached 1.0); at 1 step three of the four
+  reached 0.50-0.65 (benchmark/results/tune/metaworld.md). Why three extra steps on each batch cost
+  so much we have not established; the search measures it, and chooses per env.
 - An imitation anchor, --bc-weight times the data's negative log-likelihood (InstructGPT's PPO-ptx
   term). On a near-deterministic expert's data the normalised returns are mostly noise, and with a
   fixed std a negative advantage pushes mu away from the data action without limit (|mu - a| went
