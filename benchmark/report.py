@@ -202,7 +202,7 @@ def protocol_note(runs) -> str:
 
 # ---------------------------------------------------------------- Table 1 and its takeaways
 def table1(runs, args) -> list[str]:
-    runs = main_setting(runs, args.n_main)
+    runs = [r for r in main_setting(runs, args.n_main) if r["algo"] in ALGOS]  # not the online runs
     envs = present(runs, "env", ENVS)
     text = [f"# Table 1: algorithms x tunings, expert data, {args.n_main} trajectories\n", protocol_note(runs), ""]
     means = {}  # (which, tuning, env, algo) -> mean over seeds; algo "zero_shot" for zero-shot
