@@ -87,9 +87,11 @@ def main_alpha(env: str, algo: str) -> float:
     return load_presets().get(env, {}).get(algo, {}).get("alpha", DEFAULT_ALPHA)
 
 
-def main_setting(runs: list[dict], n_main: int) -> list[dict]:
-    """Table 1's setting: expert, N_MAIN trajectories, dense, main alpha, eq. 16 target, default size."""
-    return [r for r in runs if r["quality"] == "expert" and r["num_trajs"] == n_main and not r["sparse"]
+def main_setting(runs: list[dict], n_main: int, algos=ALGOS) -> list[dict]:
+    """Table 1's setting: expert, N_MAIN trajectories, dense, main alpha, eq. 16 target, default size; the
+    seven offline algorithms unless `algos` says otherwise (online runs share the run folder)."""
+    return [r for r in runs if r["algo"] in algos and r["quality"] == "expert" and r["num_trajs"] == n_main
+            and not r["sparse"]
             and r["alpha"] in (None, main_alpha(r["env"], r["algo"])) and not r["max_target"]
             and r["size"] == DEFAULT_SIZE]
 
@@ -202,7 +204,7 @@ def protocol_note(runs) -> str:
 
 # ---------------------------------------------------------------- Table 1 and its takeaways
 def table1(runs, args) -> list[str]:
-    runs = [r for r in main_setting(runs, args.n_main) if r["algo"] in ALGOS]  # not the online runs
+    runs = main_setting(runs, args.n_main)
     envs = present(runs, "env", ENVS)
     text = [f"# Table 1: algorithms x tunings, expert data, {args.n_main} trajectories\n", protocol_note(runs), ""]
     means = {}  # (which, tuning, env, algo) -> mean over seeds; algo "zero_shot" for zero-shot
@@ -514,7 +516,7 @@ def ablation_runs(runs, args, **kw):
     only the ablation tunings (--abl-tunings), so that every point averages over the same tunings."""
     base = {"sparse": False, "max_target": False, "size": DEFAULT_SIZE}
     base.update(kw)
-    out = [r for r in select(runs, **base) if r["tuning"] in args.abl_tunings]
+    out = [r for r in select(runs, **base) if r["tuning"] in args.abl_tunings and r["algo"] in ALGOS]
     return [r for r in out if "alpha" in kw or r["alpha"] in (None, DEFAULT_ALPHA)]
 
 
@@ -741,7 +743,7 @@ def table6(runs, args) -> list[str]:
 def online(runs, args) -> list[str]:
     """Online GRPO, mixed GRPO and online PPO against zero-shot and the best offline method (full tuning,
     expert data): selected and final scores, env steps and wall time, and curves against env steps."""
-    runs = [r for r in main_setting(runs, args.n_main) if r["tuning"] == "full"]
+    runs = [r for r in main_setting(runs, args.n_main, ALGOS + ONLINE) if r["tuning"] == "full"]
     envs = [e for e in present(runs, "env", ENVS) if any(r["algo"] in ONLINE for r in select(runs, env=e))]
     text = ["# Beyond the paper: online finetuning vs the best offline method\n",
             "Full-model tuning, expert data, the test tasks of each env. Online: each iteration rolls out a group of "
