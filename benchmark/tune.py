@@ -34,8 +34,8 @@ GRID = {
     "dpo": {"beta": [0.1, 1.0]},
     # bc_weight 10 > (1 + clip_eps) sqrt(49): no data action of 50 trajectories is ever pushed away (grpo.py);
     # update_epochs 1: one gradient step per batch (at 4, three of every four steps reuse a batch)
-    "grpo": {"bc_weight": [1.0, 0.0, 10.0], "beta": [0.04, 0.5], "update_epochs": [4, 1]},
-    "ppo": {"bc_weight": [10.0, 1.0, 0.0], "update_epochs": [4, 1]},
+    "grpo": {"bc_weight": [1.0, 0.0, 10.0], "beta": [0.04, 0.5], "update_epochs": [1, 4]},
+    "ppo": {"bc_weight": [10.0, 1.0, 0.0], "update_epochs": [1, 4]},
     "cql": {"alpha": [5.0, 1.0], "bc_weight": [10.0, 1.0]},
     "qp_sft": {"alpha": [0.1, 0.001, 0.01, 1.0]},
     "qp_dpo": {"alpha": [0.1, 0.001, 0.01, 1.0]},
