@@ -87,12 +87,18 @@ def main_alpha(env: str, algo: str) -> float:
     return load_presets().get(env, {}).get(algo, {}).get("alpha", DEFAULT_ALPHA)
 
 
+def at_main_alpha(r: dict) -> bool:
+    """True for a run at its env's main alpha (or of an algorithm without one): every experiment but
+    Figure 7's alpha sweep compares the algorithms there, so a preset alpha counts as the default."""
+    return r["alpha"] is None or r["alpha"] == main_alpha(r["env"], r["algo"])
+
+
 def main_setting(runs: list[dict], n_main: int, algos=ALGOS) -> list[dict]:
     """Table 1's setting: expert, N_MAIN trajectories, dense, main alpha, eq. 16 target, default size; the
     seven offline algorithms unless `algos` says otherwise (online runs share the run folder)."""
     return [r for r in runs if r["algo"] in algos and r["quality"] == "expert" and r["num_trajs"] == n_main
             and not r["sparse"]
-            and r["alpha"] in (None, main_alpha(r["env"], r["algo"])) and not r["max_target"]
+            and at_main_alpha(r) and not r["max_target"]
             and r["size"] == DEFAULT_SIZE]
 
 
@@ -517,12 +523,13 @@ def ablation_runs(runs, args, **kw):
     base = {"sparse": False, "max_target": False, "size": DEFAULT_SIZE}
     base.update(kw)
     out = [r for r in select(runs, **base) if r["tuning"] in args.abl_tunings and r["algo"] in ALGOS]
-    return [r for r in out if "alpha" in kw or r["alpha"] in (None, DEFAULT_ALPHA)]
+    return [r for r in out if "alpha" in kw or at_main_alpha(r)]
 
 
 def fig1(runs, args) -> list[str]:
     runs = ablation_runs(runs, args, num_trajs=args.n_main)
-    envs = present(runs, "env", ENVS)
+    envs = [e for e in present(runs, "env", ENVS) if select(runs, env=e, quality="medium")]  # the envs with medium runs
+    runs = [r for r in runs if r["env"] in envs]
     text = [f"# Figure 1: medium vs expert data ({args.n_main} trajectories)\n", protocol_note(runs),
             "Selected checkpoint (chosen on validation episodes), averaged over the tunings run; normalised so the best algorithm of each (env, quality) "
             "is 1 (the paper's normalisation). Raw returns (mean ± 95% t interval over seeds x tunings) in brackets.\n"]
@@ -589,7 +596,7 @@ def fig2(runs, args) -> list[str]:
 
 
 def fig34(runs, args) -> list[str]:
-    base = [r for r in runs if not r["max_target"] and r["size"] == DEFAULT_SIZE and r["alpha"] in (None, DEFAULT_ALPHA)
+    base = [r for r in runs if not r["max_target"] and r["size"] == DEFAULT_SIZE and at_main_alpha(r)
             and r["tuning"] in args.abl_tunings]
     sparse = select(base, sparse=True)
     envs = present(base, "env", ENVS)
@@ -629,7 +636,7 @@ def fig34(runs, args) -> list[str]:
 
 def fig5(runs, args) -> list[str]:
     runs = [r for r in select(runs, algo="qp_dpo", num_trajs=args.n_main, sparse=False)
-            if r["alpha"] in (None, DEFAULT_ALPHA)]
+            if at_main_alpha(r)]
     sizes = sorted({r["size"] for r in runs}, key=lambda s: (s[0] * s[1] * s[1], s))
     envs = present(runs, "env", ENVS)
     text = ["# Figure 5 / Table 3: QP-DPO across pretrained model sizes\n", protocol_note(runs)]
@@ -679,7 +686,7 @@ def fig7(runs, args) -> list[str]:
 def table4(runs, args) -> list[str]:
     main = main_setting(runs, args.n_main)
     qp = [r for r in select(runs, algo="qp_dpo", quality="expert", num_trajs=args.n_main, sparse=False)
-          if r["alpha"] in (None, DEFAULT_ALPHA)]
+          if at_main_alpha(r)]
     text = ["# Table 4: runtime\n", protocol_note(main + [r for r in qp if r not in main]), *runtime_section(main)]
     sizes = sorted({r["size"] for r in qp}, key=lambda s: (s[0] * s[1] * s[1], s))
     rows = [[TLABEL[t]] + [(f"{np.mean(values(c, 'wall_time_s')) / 60:.1f} min" if c else "-")
@@ -709,7 +716,7 @@ def table4(runs, args) -> list[str]:
 def table6(runs, args) -> list[str]:
     runs = select(runs, algo="qp_sft", tuning="full", quality="expert", num_trajs=args.n_main, sparse=False,
                   size=DEFAULT_SIZE)
-    runs = [r for r in runs if r["alpha"] in (None, DEFAULT_ALPHA)]
+    runs = [r for r in runs if at_main_alpha(r)]
     envs = present(runs, "env", ENVS)
     rows = []
     for env in envs:
