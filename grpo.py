@@ -21,8 +21,9 @@ Where we depart from the paper, and why (measured on halfcheetahvel, full tuning
   every anchored point validated far below SFT (success 0.15-0.35 against 0.55; at bc 10, where the loss
   is SFT's up to a +-A/bc re-weighting, task 48 fell from 0.2 zero-shot to 0.0-0.3 while SFT reached
   1.0); at 1 three of the four reached 0.50-0.65. On AntDir 1 won by a margin within noise (485.6 vs
-  471.2); PPO showed the same on both envs (ppo.py; benchmark/results/tune). Why three extra steps on
-  each batch cost so much we have not established.
+  471.2); PPO showed the same on both envs (ppo.py; benchmark/results/tune). A probe with 4x the steps at 4
+  per batch (as many distinct batches) validated at 0.50, then collapsed late (KL 289 nats): the reuse
+  cost data per step early and stability late (benchmark/results/tune/README.md).
 - An imitation anchor, --bc-weight times the data's negative log-likelihood (InstructGPT's PPO-ptx
   term). On a near-deterministic expert's data the normalised returns are mostly noise, and with a
   fixed std a negative advantage pushes mu away from the data action without limit (|mu - a| went
