@@ -13,6 +13,7 @@ Missing cells print as "-", so a half-finished sweep still reports what it has.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -80,6 +81,7 @@ def select(runs: list[dict], **kw) -> list[dict]:
     return [r for r in runs if all(r[k] == v for k, v in kw.items())]
 
 
+@functools.lru_cache(maxsize=None)  # every run asks; presets.json is read once per report
 def main_alpha(env: str, algo: str) -> float:
     """QP's alpha in the main setting: the env's preset (common/presets.json) or the scripts' default."""
     from common.finetune import load_presets
@@ -97,9 +99,7 @@ def main_setting(runs: list[dict], n_main: int, algos=ALGOS) -> list[dict]:
     """Table 1's setting: expert, N_MAIN trajectories, dense, main alpha, eq. 16 target, default size; the
     seven offline algorithms unless `algos` says otherwise (online runs share the run folder)."""
     return [r for r in runs if r["algo"] in algos and r["quality"] == "expert" and r["num_trajs"] == n_main
-            and not r["sparse"]
-            and at_main_alpha(r) and not r["max_target"]
-            and r["size"] == DEFAULT_SIZE]
+            and not r["sparse"] and at_main_alpha(r) and not r["max_target"] and r["size"] == DEFAULT_SIZE]
 
 
 def fmt(x, digits: int = 2) -> str:
@@ -528,7 +528,7 @@ def ablation_runs(runs, args, **kw):
 
 def fig1(runs, args) -> list[str]:
     runs = ablation_runs(runs, args, num_trajs=args.n_main)
-    envs = [e for e in present(runs, "env", ENVS) if select(runs, env=e, quality="medium")]  # the envs with medium runs
+    envs = [e for e in present(runs, "env", ENVS) if select(runs, env=e, quality="medium")]  # medium vs expert
     runs = [r for r in runs if r["env"] in envs]
     text = [f"# Figure 1: medium vs expert data ({args.n_main} trajectories)\n", protocol_note(runs),
             "Selected checkpoint (chosen on validation episodes), averaged over the tunings run; normalised so the best algorithm of each (env, quality) "
