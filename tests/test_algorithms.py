@@ -200,6 +200,17 @@ class FixedQ(torch.nn.Module):
         return self.q1(s, a), self.q2(s, a)
 
 
+def test_cql_policy_q_is_the_smaller_twin_over_its_mean_magnitude():
+    from cql import policy_q
+    critic = FixedQ(lambda s, a: 10 * a.sum(-1), lambda s, a: 10 * a.sum(-1) + 1.0)
+    pi = torch.tensor([[0.1, 0.1], [-0.3, 0.0]], requires_grad=True)
+    val = policy_q(critic, torch.zeros(2, 3), pi)
+    # min(Q1, Q2) = Q1 = [2, -3]: mean -0.5, mean |.| 2.5
+    assert val.item() == pytest.approx(-0.2)
+    val.backward()  # the normaliser is detached: the gradient is that of mean Q1 / 2.5
+    torch.testing.assert_close(pi.grad, torch.full((2, 2), 2.0))
+
+
 @pytest.mark.parametrize("algo", ["qp_sft", "qp_dpo"])
 def test_double_q_min_target_and_the_q_term(algo):
     mod = importlib.import_module(algo)
