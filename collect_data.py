@@ -56,7 +56,10 @@ class Args:
     behaviour_dir: str = "behaviour"
     """where behaviour policies are read from and saved to"""
     tasks: tuple[int, ...] = ()
-    """task indices to collect (default: all 50; e.g. --tasks 45 46 for two metaworld test classes)"""
+    """task indices to collect (default: all: pretraining, validation and test tasks; e.g. --tasks 45 46 for
+    two metaworld test classes)"""
+    qualities: tuple[Literal["medium", "expert"], ...] = ("medium", "expert")
+    """dataset qualities to collect (pretraining reads only expert data: --qualities expert)"""
     calib_episodes: int = -1
     """episodes per task for the random/expert returns and each medium bisection step (-1: 10, metaworld 5;
     test tasks always get at least 20)"""
@@ -124,9 +127,9 @@ def load_or_train_behaviour(args: Args) -> tuple[BehaviourPolicy, dict]:
     if len(need):
         t0 = time.time()
         n = args.calib_episodes if args.calib_episodes > 0 else CALIB_EPISODES.get(args.env, 10)
-        # the test tasks' medium data are the ones finetuning uses: calibrate them with more episodes
-        groups = [(np.array([t for t in need if t not in s.test_tasks], dtype=int), n),
-                  (np.array([t for t in need if t in s.test_tasks], dtype=int), max(n, TEST_CALIB_EPISODES))]
+        # the validation and test tasks' medium data are the ones finetuning uses: calibrate them with more episodes
+        groups = [(np.array([t for t in need if t not in s.finetune_tasks], dtype=int), n),
+                  (np.array([t for t in need if t in s.finetune_tasks], dtype=int), max(n, TEST_CALIB_EPISODES))]
         for group, k in groups:
             if not len(group):
                 continue
@@ -166,7 +169,7 @@ def run_workers(args: Args) -> None:
 def collect(args: Args, policy: BehaviourPolicy, beh: dict) -> None:
     s = spec(args.env)
     todo, bid = [], fingerprint(beh)
-    for q in QUALITIES:
+    for q in args.qualities:
         for task in args.tasks:
             eps = 0.0 if q == "expert" else float(beh["medium_eps"][task])
             try:  # complete = readable, the right size, made by this behaviour policy with this eps
@@ -177,7 +180,8 @@ def collect(args: Args, policy: BehaviourPolicy, beh: dict) -> None:
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 pass  # missing, truncated or from an older layout: remake it
             todo.append((q, task))
-    print(f"{2 * len(args.tasks) - len(todo)} of {2 * len(args.tasks)} dataset files complete; collecting {len(todo)}")
+    n_files = len(args.qualities) * len(args.tasks)
+    print(f"{n_files - len(todo)} of {n_files} dataset files complete; collecting {len(todo)}")
     t0, steps = time.time(), 0
     for k, (q, task) in enumerate(todo):
         eps = 0.0 if q == "expert" else float(beh["medium_eps"][task])
@@ -242,6 +246,8 @@ def check_args(args: Args) -> None:
     n_tasks = spec(args.env).num_tasks
     if any(not 0 <= t < n_tasks for t in args.tasks):
         raise ValueError(f"--tasks must be in 0..{n_tasks - 1} for {args.env}")
+    if len(set(args.qualities)) != len(args.qualities):
+        raise ValueError("--qualities lists a quality more than once; name each once")
     dup = sorted({t for t in args.tasks if args.tasks.count(t) > 1})
     if dup:
         raise ValueError(f"--tasks lists {dup} more than once; name each task once")
@@ -270,8 +276,10 @@ def main(args: Args) -> None:
     else:
         policy, beh = load_or_train_behaviour(args)
         collect(args, policy, beh)
-    if args.summary:
+    if args.summary and set(args.qualities) == set(QUALITIES):
         summarise(args, beh)
+    elif args.summary:
+        print("no summary: it compares both qualities (collect both to get it)")
     print(f"total wall time {(time.time() - start) / 60:.1f} min")
 
 

@@ -239,7 +239,7 @@ def main(args: Args) -> dict:
     if not log or log[-1]["step"] != step:  # e.g. resumed after the last eval of a finished run
         log.append(zero_shot())
     ckpt = {"env": args.env, "config": model.config_dict(), "state_dict": model.state_dict(),
-            "pretrain_args": dataclasses.asdict(args), "zero_shot": log[-1], "log": log}
+            "pretrain_args": dataclasses.asdict(args), "pretrain_tasks": tasks, "zero_shot": log[-1], "log": log}
     atomic_torch_save(ckpt, out)
     atomic_write_json(os.path.join(run_path, "log.json"), log)
     print(f"saved {out}; zero-shot return {log[-1]['return']:.1f} per test task "

@@ -82,17 +82,22 @@ def select(runs: list[dict], **kw) -> list[dict]:
 
 
 @functools.lru_cache(maxsize=None)  # every run asks; presets.json is read once per report
-def main_alpha(env: str, algo: str) -> float:
-    """QP's alpha in the main setting: the env's preset (common/presets.json) or the scripts' default."""
-    from common.finetune import load_presets
+def main_alpha(env: str, tuning: str, algo: str) -> float:
+    """QP's alpha in the main setting: the preset of (env, tuning) (common/presets.json) or the scripts' default."""
+    from common.finetune import preset
 
-    return load_presets().get(env, {}).get(algo, {}).get("alpha", DEFAULT_ALPHA)
+    return preset(env, tuning, algo)[0].get("alpha", DEFAULT_ALPHA)
 
 
 def at_main_alpha(r: dict) -> bool:
-    """True for a run at its env's main alpha (or of an algorithm without one): every experiment but
-    Figure 7's alpha sweep compares the algorithms there, so a preset alpha counts as the default."""
-    return r["alpha"] is None or r["alpha"] == main_alpha(r["env"], r["algo"])
+    """True for a run at its main alpha (or of an algorithm without one): every experiment but Figure 7's
+    alpha sweep compares the algorithms there, so a preset alpha counts as the default. A run that recorded
+    the preset in force is judged by it, an older one by today's presets."""
+    if r["alpha"] is None:
+        return True
+    rec = r["result"]["config"].get("preset")
+    main = rec["flags"].get("alpha", DEFAULT_ALPHA) if rec else main_alpha(r["env"], r["tuning"], r["algo"])
+    return r["alpha"] == main
 
 
 def main_setting(runs: list[dict], n_main: int, algos=ALGOS) -> list[dict]:

@@ -81,9 +81,9 @@ ensure_data() {
   [ -f "$DATA_DIR/$env/summary.json" ] && return 0
   if [ "$DRY_RUN" = 1 ]; then echo "# would collect: $PY collect_data.py --env $env --data-dir $DATA_DIR $COLLECT_FLAGS"; return 0; fi
   local tasks=()
-  # smoke: only the test tasks and the 2 pretraining tasks its 2-task pretraining uses
+  # smoke: only the test tasks, the first 2 validation tasks and the 2 pretraining tasks its pretraining uses
   [ "$SCALE" = smoke ] && read -r -a tasks <<< "--tasks $($PY -c "from common.envs import spec; s = spec('$env')
-print(*sorted(set(s.test_tasks) | set(s.train_tasks[:2])))")"
+print(*sorted(set(s.test_tasks) | set(s.val_tasks[:2]) | set(s.train_tasks[:2])))")"
   echo "== collecting $env datasets into $DATA_DIR"
   # shellcheck disable=SC2086
   $PY collect_data.py --env "$env" --data-dir "$DATA_DIR" $COLLECT_FLAGS "${tasks[@]}"

@@ -1,18 +1,24 @@
-"""Hyperparameter search on validation episodes: each algorithm's small grid, then per-env presets.
+"""Hyperparameter search on the validation tasks: per env and tuning, the learning rate, then each
+method's own weight, then per-env, per-tuning presets.
 
-    python benchmark/tune.py --envs antdir metaworld              # run the grid (resumable), then pick
-    python benchmark/tune.py --envs antdir metaworld --dry-run    # print the commands
-    python benchmark/tune.py --envs antdir --pick-only            # pick from the runs already made
+    python benchmark/tune.py --envs antdir --tunings full lora     # run the search (resumable), then pick
+    python benchmark/tune.py --envs antdir --dry-run               # print the first stage's commands
+    python benchmark/tune.py --envs antdir --pick-only             # pick from the runs already made
 
-Every grid point is one finetuning run (full tuning, expert data, 50 trajectories, --seed 1, two
-test tasks, --steps steps per task) made through benchmark/run.py, so a killed search continues
-where it stopped. A point is scored by its validation score at its selected checkpoint (mean over
-the tasks of the best validation evaluation; MetaWorld: validation success, then return): the
-reporting episodes never enter the choice. The winner of each (env, algorithm) becomes its preset
-in common/presets.json, which the finetuning scripts use as their defaults for that env (every flag
-stays overridable); the table of every point goes to <out-dir>/<env>.md. The search is small
-(the paper grid-searched each method on a GPU): 1 seed and 2 tasks at reduced steps, then Table 1
-confirms the presets at full size with 3 seeds.
+Only validation tasks are finetuned (common/envs.py: never pretrained on, never reported), and only
+their validation episodes score a point: no test task enters any choice (tests/test_benchmark.py checks
+every command). halfcheetahdir has no validation task: it takes halfcheetahvel's presets.
+
+Per (env, tuning), three stages, each a list of finetuning runs made through benchmark/run.py (so a
+killed search continues where it stopped) of --steps steps on the env's first two validation tasks
+(TUNE_TASKS), seed 1, expert data, 50 trajectories:
+1. the learning rate, with SFT: LR_FACTORS x the tuning's default (common/finetune.py DEFAULT_LR);
+2. at that learning rate, each method's own weight (GRID: two or three values, the script's default first);
+3. QP-DPO's alpha at the beta DPO chose (QP-DPO is DPO plus the Q term, eq. 14).
+Budget: 3 + 4 x 2 + 2 x 3 = 17 points x 2 tasks = 34 task-runs of --steps steps per env and tuning.
+A point's score is its validation score at its selected checkpoint (mean over tasks of the best validation
+evaluation; MetaWorld: validation success, then return). The winners go to common/presets.json as
+{env: {tuning: {algo: {flag: value}}}}, the finetuning scripts' defaults; each table to <out-dir>/<env>.md.
 """
 from __future__ import annotations
 
@@ -26,41 +32,42 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from common.finetune import PRESETS_PATH, load_presets  # noqa: E402
+from common.envs import spec  # noqa: E402
+from common.finetune import DEFAULT_LR, PRESETS_PATH, load_presets  # noqa: E402
+from common.tuning import TUNINGS  # noqa: E402
 
-# Each algorithm's grid: flag -> values (the first value of each is the script's own default).
+ENVS = ("halfcheetahvel", "antdir", "metaworld")  # the envs with validation tasks
+LR_FACTORS = (1.0, 0.3, 3.0)  # stage 1: times the tuning's default learning rate
+# Stage 2: each method's own weight, the script's default first. QP-DPO (stage 3) searches alpha at DPO's beta.
 GRID = {
-    "sft": {},  # the reference: SFT's only hyperparameter is the learning rate, shared by all seven
     "dpo": {"beta": [0.1, 1.0]},
-    # bc_weight 10 > (1 + clip_eps) sqrt(49): no data action of 50 trajectories is ever pushed away (grpo.py);
-    # update_epochs 1: one gradient step per batch (at 4, three of every four steps reuse a batch)
-    "grpo": {"bc_weight": [1.0, 0.0, 10.0], "beta": [0.04, 0.5], "update_epochs": [1, 4]},
-    "ppo": {"bc_weight": [10.0, 1.0, 0.0], "update_epochs": [1, 4]},
-    "cql": {"alpha": [5.0, 1.0], "bc_weight": [10.0, 1.0]},
-    "qp_sft": {"alpha": [0.1, 0.001, 0.01, 1.0]},
-    "qp_dpo": {"alpha": [0.1, 0.001, 0.01, 1.0]},
+    "grpo": {"bc_weight": [1.0, 10.0]},  # 10 > (1 + clip_eps) sqrt(49): no data action is pushed away (grpo.py)
+    "ppo": {"bc_weight": [10.0, 1.0]},
+    "cql": {"alpha": [5.0, 1.0]},
+    "qp_sft": {"alpha": [0.1, 0.01, 1.0]},
+    "qp_dpo": {"alpha": [0.1, 0.01, 1.0]},
 }
-# two test tasks per env, those with the most headroom over zero-shot (antdir 35 and 46; metaworld 45 at
-# success 0 and 48 at 0.3); chosen by zero-shot score, before any finetuning
-TUNE_TASKS = {"halfcheetahvel": (2, 13), "halfcheetahdir": (0, 1), "antdir": (35, 46), "metaworld": (45, 48)}
+ALGOS = ("sft", *GRID)
+# the first two validation tasks of each env: a rule fixed before any result (validation tasks are a seeded draw)
+TUNE_TASKS = {env: spec(env).val_tasks[:2] for env in ENVS}
 
 
-def points(algo: str) -> list[dict]:
-    g = GRID[algo]
-    return [dict(zip(g, vals)) for vals in itertools.product(*g.values())]
+def fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def run_name(algo: str, env: str, point: dict) -> str:
-    return f"tune_{algo}_{env}_" + ("_".join(f"{k}{v:g}" for k, v in point.items()) or "defaults")
+def run_name(algo: str, env: str, tuning: str, point: dict) -> str:
+    return f"tune_{algo}_{env}_{tuning}_" + "_".join(f"{k}{fmt(v)}" for k, v in point.items())
 
 
-def command(algo: str, env: str, point: dict, args) -> str:
-    flags = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in point.items())
+def command(algo: str, env: str, tuning: str, point: dict, args) -> str:
+    flags = " ".join(f"--{k.replace('_', '-')} {fmt(v)}" for k, v in point.items())
     tasks = " ".join(map(str, TUNE_TASKS[env]))
-    return (f"python {algo}.py --env {env} --tuning full --seed 1 --tasks {tasks} --total-steps {args.steps} "
+    return (f"python {algo}.py --env {env} --tuning {tuning} --seed 1 --tasks {tasks} --total-steps {args.steps} "
             f"--eval-every {args.eval_every} --eval-episodes {args.episodes} --num-trajs {args.num_trajs} "
-            f"--data-dir {args.data_dir} --run-dir {args.run_dir} --run-name {run_name(algo, env, point)} --no-presets"
-            + (f" --pretrained {args.pretrained}" if args.pretrained else "") + (f" {flags}" if flags else ""))
+            f"--data-dir {args.data_dir} --run-dir {args.run_dir} --run-name {run_name(algo, env, tuning, point)} "
+            f"--no-presets --save-model none" + (f" --pretrained {args.pretrained}" if args.pretrained else "")
+            + f" {flags}")
 
 
 def score(res: dict) -> tuple[float, float]:
@@ -72,41 +79,84 @@ def score(res: dict) -> tuple[float, float]:
     return (succ, ret) if "val_success" in sel[0] else (ret, ret)
 
 
-def pick(envs: list[str], algos: list[str], args) -> dict:
+def stage_points(stage: int, env: str, tuning: str, chosen: dict, algos=ALGOS) -> list[tuple[str, dict]]:
+    """The (algo, point) pairs of a stage, given what earlier stages chose (chosen[algo] = its point);
+    algos limits stages 2 and 3 (stage 1, the learning rate, is always SFT's)."""
+    if stage == 1:
+        return [("sft", {"lr": DEFAULT_LR[tuning] * f}) for f in LR_FACTORS]
+    lr = chosen["sft"]["lr"]
+    if stage == 2:
+        return [(a, {"lr": lr, **dict(zip(GRID[a], v))}) for a in GRID if a != "qp_dpo" and a in algos
+                for v in itertools.product(*GRID[a].values())]
+    if "qp_dpo" not in algos:
+        return []
+    beta = chosen["dpo"]["beta"] if "dpo" in chosen else GRID["dpo"]["beta"][0]  # DPO's beta, once it is chosen
+    return [("qp_dpo", {"lr": lr, "beta": beta, "alpha": v}) for v in GRID["qp_dpo"]["alpha"]]
+
+
+def results(env: str, tuning: str, pairs: list[tuple[str, dict]], args) -> list[tuple[str, dict, dict]]:
+    out = []
+    for algo, pt in pairs:
+        path = os.path.join(args.run_dir, run_name(algo, env, tuning, pt), "result.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out.append((algo, pt, json.load(f)))
+    return out
+
+
+def choose(env: str, tuning: str, args, run: bool) -> tuple[dict, list]:
+    """Run (if `run`) and pick the three stages in order; returns {algo: chosen point} and every scored row.
+    A stage whose runs are not all there stops the picking (its later stages need it)."""
+    chosen, rows = {}, []
+    for stage in (1, 2, 3):
+        pairs = stage_points(stage, env, tuning, chosen, args.algos)
+        if run and pairs:
+            cmds = [command(a, env, tuning, pt, args) for a, pt in pairs]
+            runner = [sys.executable, os.path.join(ROOT, "benchmark", "run.py"), "-", "--workers", str(args.workers),
+                      "--log-dir", args.log_dir] + (["--dry-run"] if args.dry_run else [])
+            subprocess.run(runner, input="\n".join(cmds), text=True, cwd=ROOT)
+        done = results(env, tuning, pairs, args)
+        for algo in dict.fromkeys(a for a, _ in pairs):
+            scored = [(score(res), pt, res) for a, pt, res in done if a == algo]
+            if scored:
+                best = max(scored, key=lambda x: x[0])[1]  # the first of equals: the script's default
+                rows += [(stage, algo, pt, sc, res, pt is best) for sc, pt, res in scored]
+                if len(scored) == sum(a == algo for a, _ in pairs):
+                    chosen[algo] = best
+        if len(done) < len(pairs):
+            break
+    return chosen, rows
+
+
+def table(env: str, tuning: str, rows: list, args) -> list[str]:
+    mw = env == "metaworld"
+    zs = rows[0][4]["zero_shot"] if rows else float("nan")
+    out = [f"## {env}, {tuning} tuning\n",
+           f"Zero-shot on the tuning tasks' reporting episodes: {zs:.1f}\n",
+           "| stage | algorithm | point | validation (selected)" + (" success / return" if mw else "")
+           + " | reporting: selected | reporting: final | |", "|---|---|---|---|---|---|---|"]
+    for stage, algo, pt, sc, res, best in rows:
+        val = f"{sc[0]:.2f} / {sc[1]:.1f}" if mw else f"{sc[1]:.1f}"
+        out.append(f"| {stage} | {algo} | {', '.join(f'{k}={fmt(v)}' for k, v in pt.items())} | {val} | "
+                   f"{res['selected']:.1f} | {res['final']:.1f} | {'**chosen**' if best else ''} |")
+    return out + [""]
+
+
+def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
     presets = load_presets()
     for env in envs:
-        rows, zs = [], None
-        for algo in algos:
-            scored = []
-            for pt in points(algo):
-                path = os.path.join(args.run_dir, run_name(algo, env, pt), "result.json")
-                if not os.path.exists(path):
-                    continue
-                with open(path) as f:
-                    res = json.load(f)
-                zs = res["zero_shot"]
-                scored.append((score(res), pt, res))
-            if not scored:
-                continue
-            best = max(scored, key=lambda x: x[0])
-            presets.setdefault(env, {})[algo] = best[1]
-            for sc, pt, res in scored:
-                rows.append(f"| {algo} | {', '.join(f'{k}={v:g}' for k, v in pt.items()) or '(defaults)'} | "
-                            f"{sc[1]:.1f}" + (f" / {sc[0]:.2f}" if env == "metaworld" else "")
-                            + f" | {res['selected']:.1f} | {res['final']:.1f} | {'**chosen**' if pt is best[1] else ''} |")
-        if not rows:
-            continue
-        md = [f"# Hyperparameter search on {env} (validation episodes)\n",
-              f"Made by `python benchmark/tune.py --envs {env} --steps {args.steps} --eval-every {args.eval_every} "
-              f"--episodes {args.episodes}`: full tuning, expert data, {args.num_trajs} trajectories, seed 1, tasks "
-              f"{', '.join(map(str, TUNE_TASKS[env]))}. Chosen by the validation score at the selected checkpoint"
+        md = [f"# Hyperparameter search on {env} (validation tasks {', '.join(map(str, TUNE_TASKS[env]))})\n",
+              f"Made by `python benchmark/tune.py --envs {env} --tunings {' '.join(tunings)} --steps {args.steps} "
+              f"--eval-every {args.eval_every} --episodes {args.episodes}`: expert data, {args.num_trajs} trajectories, "
+              f"seed 1. Chosen by the validation score at the selected checkpoint"
               + (" (success, then return)" if env == "metaworld" else "")
-              + "; the reporting-episode columns are shown for information only and played no part in the choice.\n",
-              f"Zero-shot (reporting episodes): {zs:.1f}\n",
-              "| algorithm | point | validation (selected)" + (" return / success" if env == "metaworld" else "")
-              + " | reporting: selected | reporting: final | |", "|---|---|---|---|---|---|", *rows, ""]
-        if args.dry_run:  # --pick-only --dry-run: print the table, write nothing
-            print("\n".join(md))
+              + "; the reporting columns (the same validation tasks' reporting episodes) are for information only.\n"]
+        for tuning in tunings:
+            chosen, rows = choose(env, tuning, args, run)
+            if chosen:
+                presets.setdefault(env, {})[tuning] = {a: chosen[a] for a in ALGOS if a in chosen}
+            md += table(env, tuning, rows, args)
+        if args.dry_run:
             continue
         os.makedirs(args.out_dir, exist_ok=True)
         tmp = os.path.join(args.out_dir, f".{env}.md.{os.getpid()}.tmp")
@@ -119,17 +169,19 @@ def pick(envs: list[str], algos: list[str], args) -> dict:
             json.dump(presets, f, indent=1, sort_keys=True)
             f.write("\n")
         os.replace(tmp, PRESETS_PATH)
-        print(f"presets -> {os.path.relpath(PRESETS_PATH, ROOT)}")
+        print(f"presets -> {PRESETS_PATH}")
     return presets
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--envs", nargs="+", default=["antdir", "metaworld"], choices=sorted(TUNE_TASKS))
-    ap.add_argument("--algos", nargs="+", default=list(GRID), choices=list(GRID))
+    ap.add_argument("--envs", nargs="+", default=["antdir", "metaworld"], choices=ENVS)
+    ap.add_argument("--tunings", nargs="+", default=list(TUNINGS), choices=TUNINGS)
+    ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS,
+                    help="limit the search to these algorithms (SFT's learning-rate stage always runs)")
     ap.add_argument("--steps", type=int, default=200, help="gradient steps per task")
-    ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--episodes", type=int, default=5, help="validation (and as many reporting) episodes per evaluation")
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--episodes", type=int, default=20, help="validation (and as many reporting) episodes per evaluation")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--num-trajs", type=int, default=50, help="finetuning trajectories per task")
     ap.add_argument("--data-dir", default="data")
@@ -143,15 +195,10 @@ def main() -> int:
     for k in ("steps", "eval_every", "episodes", "workers", "num_trajs"):
         if getattr(args, k) < 1:
             raise SystemExit(f"error: --{k.replace('_', '-')} must be at least 1")
-    if not args.pick_only:
-        # one env's grid after the other, so each env's presets are complete as early as possible
-        cmds = [command(a, e, pt, args) for e in args.envs for a in args.algos for pt in points(a)]
-        run = [sys.executable, os.path.join(ROOT, "benchmark", "run.py"), "-", "--workers", str(args.workers),
-               "--log-dir", args.log_dir] + (["--dry-run"] if args.dry_run else [])
-        rc = subprocess.run(run, input="\n".join(cmds), text=True, cwd=ROOT).returncode
-        if args.dry_run:
-            return rc
-    pick(args.envs, list(GRID), args)  # every algorithm's table, from the runs there are: --algos limits only the runs
+    try:
+        pick(args.envs, args.tunings, args, run=not args.pick_only)
+    except ValueError as e:  # a damaged presets.json: one line naming it
+        raise SystemExit(f"error: {e}") from None
     return 0
 
 

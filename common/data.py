@@ -102,11 +102,18 @@ BEHAVIOUR_ARRAYS = ("random_return", "expert_return", "medium_eps")  # per task,
 
 def load_behaviour(path: str) -> dict:
     """A behaviour-policy file (behaviour/<env>.pt, collect_data.py) read with torch.load(weights_only=True),
-    which runs no pickled code; its per-task arrays come back as numpy."""
+    which runs no pickled code; its per-task arrays come back as numpy, one entry per task of the
+    family (NaN-padded for tasks added to the family after the file was made, e.g. validation tasks)."""
     import torch
 
     beh = torch.load(path, map_location="cpu", weights_only=True)
-    return {**beh, **{k: np.array(beh[k], dtype=np.float64) for k in BEHAVIOUR_ARRAYS}}
+    n = spec(beh["env"]).num_tasks
+
+    def per_task(v) -> np.ndarray:
+        v = np.array(v, dtype=np.float64)
+        return np.concatenate([v, np.full(max(0, n - len(v)), np.nan)])
+
+    return {**beh, **{k: per_task(beh[k]) for k in BEHAVIOUR_ARRAYS}}
 
 
 def save_behaviour(beh: dict, path: str) -> None:

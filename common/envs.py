@@ -2,8 +2,17 @@
 
 A *task* is an integer index into a family's fixed task list (`spec(env).params`); the agent never
 sees the task parameter, it has to infer the task from the trajectory prompt. Task parameters and
-the pretrain/test split are fixed here, in code, so every script and every dataset agree on what
-task 3 is.
+the pretrain / validation / test split are fixed here, in code, so every script and every dataset
+agree on what task 3 is.
+
+Three disjoint kinds of task per family: *pretraining* tasks (the Prompt-DT's data), *validation*
+tasks (never pretrained on, never reported: every hyperparameter is chosen on them) and *test* tasks
+(only ever reported). halfcheetahvel / antdir: 50 tasks drawn with TASK_SEED (45 pretraining, 5
+test, as before), plus 5 validation tasks 50-54 drawn from the same distribution with their own
+seed VAL_SEED. metaworld: 5 of ML45's 45 training classes, drawn once with VAL_SEED (a rule fixed
+before any result), are held out of pretraining as validation classes. halfcheetahdir has only its
+two directions, both pretraining and test tasks (as in Prompt-DT): it has no validation task and
+takes halfcheetahvel's presets.
 
     env             base                         task parameter            reward per step
     halfcheetahvel  HalfCheetah-v5               target velocity v*        -|vx - v*| - 0.05 |a|^2
@@ -24,8 +33,10 @@ import numpy as np
 
 ENV_NAMES = ("halfcheetahvel", "halfcheetahdir", "antdir", "metaworld")
 TASK_SEED = 1234  # seeds the 50 sampled task parameters of halfcheetahvel / antdir, never changed
+VAL_SEED = 2026  # seeds the validation tasks (new parameters, or metaworld's held-out classes), never changed
 NUM_TASKS = 50
 NUM_TEST = 5
+NUM_VAL = 5
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,13 @@ class EnvSpec:
     act_dim: int
     params: tuple  # task parameter per task index (floats; class names for metaworld)
     train_tasks: tuple[int, ...]  # pretraining tasks
-    test_tasks: tuple[int, ...]  # finetuning / evaluation tasks
+    test_tasks: tuple[int, ...]  # finetuned and reported, never used for a choice
+    val_tasks: tuple[int, ...] = ()  # finetuned for hyperparameter choices, never pretrained on or reported
+
+    @property
+    def finetune_tasks(self) -> tuple[int, ...]:
+        """Tasks a finetuning script may adapt to: validation tasks, then test tasks."""
+        return self.val_tasks + tuple(t for t in self.test_tasks if t not in self.val_tasks)
 
     @property
     def num_tasks(self) -> int:
@@ -53,7 +70,8 @@ def _make_spec(name: str) -> EnvSpec:
         rng = np.random.default_rng(TASK_SEED)
         params = tuple(float(v) for v in rng.uniform(0.075, 3.0, NUM_TASKS))
         train, test = _split(rng)
-        return EnvSpec(name, 200, 17, 6, params, train, test)
+        val = tuple(float(v) for v in np.random.default_rng(VAL_SEED).uniform(0.075, 3.0, NUM_VAL))
+        return EnvSpec(name, 200, 17, 6, params + val, train, test, tuple(range(NUM_TASKS, NUM_TASKS + NUM_VAL)))
     if name == "halfcheetahdir":
         # Only two tasks exist; as in Prompt-DT both are used for pretraining and for testing.
         return EnvSpec(name, 200, 17, 6, (1.0, -1.0), (0, 1), (0, 1))
@@ -61,12 +79,15 @@ def _make_spec(name: str) -> EnvSpec:
         rng = np.random.default_rng(TASK_SEED + 1)
         params = tuple(float(t) for t in rng.uniform(0.0, 2 * np.pi, NUM_TASKS))
         train, test = _split(rng)
-        return EnvSpec(name, 200, 27, 8, params, train, test)
+        val = tuple(float(t) for t in np.random.default_rng(VAL_SEED + 1).uniform(0.0, 2 * np.pi, NUM_VAL))
+        return EnvSpec(name, 200, 27, 8, params + val, train, test, tuple(range(NUM_TASKS, NUM_TASKS + NUM_VAL)))
     if name == "metaworld":
         from metaworld.env_dict import ML45_V3
 
         names = tuple(ML45_V3["train"]) + tuple(ML45_V3["test"])  # 45 train classes then 5 test classes
-        return EnvSpec(name, 500, 39, 4, names, tuple(range(45)), tuple(range(45, 50)))
+        val = tuple(sorted(int(i) for i in np.random.default_rng(VAL_SEED).choice(45, NUM_VAL, replace=False)))
+        train = tuple(i for i in range(45) if i not in val)  # 40 pretraining classes
+        return EnvSpec(name, 500, 39, 4, names, train, tuple(range(45, 50)), val)
     raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENV_NAMES)}")
 
 

@@ -34,8 +34,8 @@ from common.data import (QUALITIES, atomic_write, atomic_write_json, gather, loa
                          sample_windows, sparsify)
 from common.envs import ENV_NAMES, spec
 from common.model import default_checkpoint, load_pretrained, num_params
-from common.rollout import check_rendering, eval_seeds, evaluate, render_episode, task_prompt_and_target
-from common.tuning import TunedPolicy, adapter_manifest, adapter_state, format_bytes, load_adapter, save_adapter
+from common.rollout import EVAL_EPISODES, check_rendering, eval_seeds, evaluate, render_episode, task_prompt_and_target
+from common.tuning import TUNINGS, TunedPolicy, adapter_manifest, adapter_state, format_bytes, load_adapter, save_adapter
 
 # The seven finetuning scripts, in the paper's column order (each is <name>.py at the top level).
 ALGOS = ("sft", "dpo", "grpo", "ppo", "cql", "qp_dpo", "qp_sft")
@@ -68,8 +68,9 @@ class FinetuneArgs:
     """gradient steps per test task"""
     eval_every: int = 250
     """steps between evaluations"""
-    eval_episodes: int = 10
-    """episodes per evaluation, on the reporting seeds and as many again on the validation seeds"""
+    eval_episodes: int | None = None
+    """episodes per evaluation, on the reporting seeds and as many again on the validation seeds (default: the
+    env's, sized to tell checkpoints apart: common/rollout.py EVAL_EPISODES)"""
     batch_size: int = 64
     """K-step windows per gradient step"""
     weight_decay: float = 1e-4
@@ -80,7 +81,8 @@ class FinetuneArgs:
     """learning rate of the policy's trainable parameters (default: per tuning, prompt 1e-2, lora 1e-3,
     decorator 3e-4, full 1e-4)"""
     tasks: tuple[int, ...] = ()
-    """test tasks to adapt to (default: all of the env's test tasks)"""
+    """tasks to adapt to (default: all of the env's test tasks); validation tasks (common/envs.py) are for
+    hyperparameter choices, e.g. --tasks 50 51 on antdir"""
     lora_rank: int = 12
     """LoRA rank (12 gives the paper's 0.19 MB at the default scale)"""
     lora_alpha: float = 12.0
@@ -159,7 +161,7 @@ POSITIVE = ("lr", "lora_alpha", "decorator_bound", "grad_clip", "policy_std", "b
 NON_NEGATIVE = ("weight_decay", "alpha", "bc_weight", "threads", "target_sample_std", "offline_members", "minibatches")
 AT_MOST_1 = ("gamma", "tau", "gae_lambda")
 # flags that change how a run is executed or where it is written, not its numbers
-NOT_RESULT = ("threads", "cuda", "track", "wandb_project", "run_dir", "run_name", "data_dir", "no_presets", "overwrite",
+NOT_RESULT = ("threads", "cuda", "track", "wandb_project", "run_dir", "run_name", "data_dir", "no_presets", "overwrite", "preset",
               "save_model", "wandb_entity", "log_every", "capture_video")
 
 
@@ -189,40 +191,87 @@ def check_args(args) -> None:
 PRESETS_PATH = os.environ.get("RFT_PRESETS", os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets.json"))
 
 
+PRESET_FROM = {"halfcheetahdir": "halfcheetahvel"}  # no validation task of its own: it takes these presets
+
+
 def load_presets() -> dict:
-    """{env: {algo: {flag: value}}}: the hyperparameters chosen on validation episodes by
-    benchmark/tune.py (see benchmark/results/tune/), used as the scripts' defaults for that env."""
+    """{env: {tuning: {algo: {flag: value}}}}: the hyperparameters benchmark/tune.py chose on the env's
+    validation tasks (see benchmark/results/tune/), used as the scripts' defaults. A damaged file or an
+    entry of the wrong shape raises a one-line ValueError naming the file."""
     if not os.path.exists(PRESETS_PATH):
         return {}
-    with open(PRESETS_PATH) as f:
-        return json.load(f)
+    try:
+        with open(PRESETS_PATH) as f:
+            presets = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{PRESETS_PATH} is unreadable ({type(e).__name__}); restore it with "
+                         f"git checkout common/presets.json") from None
+    ok = isinstance(presets, dict) and all(
+        isinstance(by_tuning, dict) and all(
+            isinstance(by_algo, dict) and all(isinstance(p, dict) for p in by_algo.values())
+            for by_algo in by_tuning.values()) for by_tuning in presets.values())
+    if not ok:
+        raise ValueError(f"{PRESETS_PATH} is not {{env: {{tuning: {{algo: {{flag: value}}}}}}}}; restore it with "
+                         f"git checkout common/presets.json")
+    return presets
+
+
+def preset(env: str, tuning: str, algo: str, args_type=None) -> tuple[dict, str]:
+    """The preset flags of (env, tuning, algo) and where they come from, e.g. ({"lr": 3e-4}, "common/presets.json
+    [antdir][full][sft]"); ({}, "none") where the search has not chosen any. With args_type, each flag is
+    checked to be one of its fields with a value of the field's type."""
+    src = PRESET_FROM.get(env, env)
+    p = load_presets().get(src, {}).get(tuning, {}).get(algo)
+    if p is None:
+        return {}, "none"
+    where = f"{os.path.relpath(PRESETS_PATH)} [{src}][{tuning}][{algo}]"
+    if args_type is not None:
+        fields = {f.name: f for f in dataclasses.fields(args_type)}
+        for k, v in p.items():
+            if k not in fields:
+                raise ValueError(f"{where} has {k!r}, which is not a flag of {algo}.py; fix or remove it")
+            want = type(getattr(args_type(), k)) if getattr(args_type(), k) is not None else float
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                continue
+            if not isinstance(v, want) or isinstance(v, bool) != (want is bool):
+                raise ValueError(f"{where}: {k} = {v!r} is not a {want.__name__}; fix it")
+    return p, where
+
+
+def preset_line(p: dict, where: str) -> str:
+    """The presets in force, as the help and a run's first line show them."""
+    return ("presets: " + " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else
+                                   f"--{k.replace('_', '-')} {v}" for k, v in p.items()) + f" (from {where})"
+            if p else "presets: none (the script's own defaults)")
 
 
 def cli(main, args_type) -> None:
-    """common.cli.run for a finetuning script, whose defaults on the command line are the env's presets
-    (common/presets.json) unless --no-presets; any flag overrides them."""
+    """common.cli.run for a finetuning script, whose defaults on the command line are the presets of its
+    env and tuning (common/presets.json) unless --no-presets; any flag overrides them."""
     import sys
 
     algo = os.path.splitext(os.path.basename(sys.argv[0]))[0]
-    env = FinetuneArgs.env
-    for i, tok in enumerate(sys.argv[1:], 1):  # the env picks the presets, so find it before parsing
-        if tok.startswith("--env="):
-            env = tok.split("=", 1)[1]
-        elif tok == "--env" and i + 1 < len(sys.argv):
-            env = sys.argv[i + 1]
-    presets = load_presets()
-    default = args_type(env=env) if env in ENV_NAMES else args_type()
+    found = {"env": FinetuneArgs.env, "tuning": FinetuneArgs.tuning}
+    for i, tok in enumerate(sys.argv[1:], 1):  # env and tuning pick the presets, so find them before parsing
+        for k in found:
+            if tok.startswith(f"--{k}="):
+                found[k] = tok.split("=", 1)[1]
+            elif tok == f"--{k}" and i + 1 < len(sys.argv):
+                found[k] = sys.argv[i + 1]
+    env, tuning = found["env"], found["tuning"]
+    default = args_type(**{k: v for k, v in found.items() if v in (ENV_NAMES if k == "env" else TUNINGS)})
+    line = "presets: off (--no-presets)"
     if "--no-presets" not in sys.argv:
-        fields = {f.name for f in dataclasses.fields(args_type)}
-        default = dataclasses.replace(default, **{k: v for k, v in presets.get(default.env, {}).get(algo, {}).items()
-                                                  if k in fields})
-    table = "; ".join(f"{e}: " + (", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in p[algo].items()) or "defaults")
-                      for e, p in presets.items() if algo in p)
+        try:
+            p, where = preset(default.env, default.tuning, algo, args_type)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        default = dataclasses.replace(default, **p)
+        line = preset_line(p, where)
     doc = (sys.modules[main.__module__].__doc__ or "").strip().split("\n")[0]  # the script's one-line summary
     run_cli(main, args_type, default=default,
-            description=doc + (f"\n\nPer-env presets (common/presets.json, chosen on validation episodes by "
-                               f"benchmark/tune.py), the defaults below for --env {default.env}: {table}"
-                               if table else ""))
+            description=f"{doc}\n\nFor --env {env} --tuning {tuning}, {line}: the defaults below include them "
+                        f"(chosen on validation tasks by benchmark/tune.py; --no-presets for the script's own).")
 
 
 def selection_key(point: dict) -> tuple:
@@ -296,12 +345,15 @@ class Run:
     """One finetuning run over the test tasks (see the module doc)."""
 
     def __init__(self, args: FinetuneArgs, algo: str):
-        self.args, self.algo = args, algo
         check_args(args)
+        if args.eval_episodes is None:
+            args = dataclasses.replace(args, eval_episodes=EVAL_EPISODES[args.env])
+        self.args, self.algo = args, algo
         self.sp = spec(args.env)
-        bad = [t for t in args.tasks if t not in self.sp.test_tasks]
+        bad = [t for t in args.tasks if t not in self.sp.finetune_tasks]
         if bad:
-            raise ValueError(f"--tasks {bad} are not test tasks of {args.env}; choose from {list(self.sp.test_tasks)}")
+            raise ValueError(f"--tasks {bad} are neither validation nor test tasks of {args.env}; choose from "
+                             f"validation {list(self.sp.val_tasks)} or test {list(self.sp.test_tasks)}")
         if args.quality not in QUALITIES:
             raise ValueError(f"unknown --quality {args.quality!r}; choose one of {', '.join(QUALITIES)}")
         self.all_tasks = list(args.tasks) or list(self.sp.test_tasks)
@@ -310,13 +362,20 @@ class Run:
                                               args.sparse_reward, getattr(args, "max_target", False), args.seed)
         self.dir = os.path.join(args.run_dir, self.name)
         self.path = os.path.join(self.dir, "result.json")
-        self.config = {**dataclasses.asdict(args), "algo": algo, "lr": self.lr}
+        self.preset = ({}, "off") if args.no_presets else preset(args.env, args.tuning, algo)
+        self.config = {**dataclasses.asdict(args), "algo": algo, "lr": self.lr,
+                       "preset": {"flags": self.preset[0], "from": self.preset[1]}}  # what the defaults were
+        print(f"{self.name}: " + ("presets: off (--no-presets)" if args.no_presets else preset_line(*self.preset)))
         if args.threads:
             torch.set_num_threads(args.threads)
         self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
         self.ckpt = args.pretrained or default_checkpoint(args.env)
         self.model = load_pretrained(self.ckpt, args.env, self.sp.obs_dim, self.sp.act_dim, self.device)
         self.model.requires_grad_(False)
+        seen = [t for t in self.all_tasks if t in self.model.pretrain_tasks]
+        if seen:
+            raise ValueError(f"{self.ckpt} was pretrained on task(s) {seen}, so finetuning there measures nothing; "
+                             f"pretrain without them: python pretrain_pdt.py --env {args.env} --out {self.ckpt} --overwrite")
         init_from = getattr(args, "init_from", "")
         self.ckpt_sha256 = file_sha256(self.ckpt) if args.save_model != "none" or init_from else None  # manifests
         self.init = {t: self._init_adapter(init_from, t) for t in self.all_tasks} if init_from else {}

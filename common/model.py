@@ -192,4 +192,17 @@ def load_pretrained(path: str, env: str, obs_dim: int, act_dim: int, device="cpu
                          f"({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}); remake it with: "
                          f"{pretrain_command(env, cfg_d, path)} --overwrite")
     model.load_state_dict(sd)
+    model.pretrain_tasks = pretrain_tasks(ck, env)
     return model
+
+
+def pretrain_tasks(ck: dict, env: str) -> tuple[int, ...]:
+    """The tasks a checkpoint was pretrained on: pretrain_pdt.py records them; a checkpoint made before it
+    did is taken to have seen every non-test task of the 50 of its time (the split then had no validation
+    tasks), so a validation task it may have seen is refused rather than silently finetuned."""
+    from common.envs import NUM_TASKS, spec
+
+    if "pretrain_tasks" in ck:
+        return tuple(int(t) for t in ck["pretrain_tasks"])
+    sp = spec(env)
+    return tuple(t for t in range(min(NUM_TASKS, sp.num_tasks)) if t not in sp.test_tasks) or sp.train_tasks

@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
     """Fake data for two pretraining tasks and the test tasks, and a tiny pretrained model."""
     root = tmp_path_factory.mktemp("algos")
     sp = spec(ENV)
-    make_fake_data(root / "data", ENV, list(sp.train_tasks[:2]) + list(sp.test_tasks), n_trajs=6, length=30)
+    make_fake_data(root / "data", ENV, list(sp.train_tasks[:2]) + list(sp.finetune_tasks), n_trajs=6, length=30)
     make_fake_data(root / "data", ENV, list(sp.test_tasks), n_trajs=6, length=30, quality="medium", seed=7)
     args = pretrain_pdt.Args(env=ENV, data_dir=str(root / "data"), run_dir=str(root / "pre_runs"),
                              out=str(root / "pre.pt"), train_tasks=2, num_trajs=6, n_layer=1, n_embd=16, K=5,
@@ -462,22 +462,75 @@ def test_critic_warm_up_scales_with_the_run_and_ranks_states_like_the_returns(se
         assert np.corrcoef(rank(q.numpy()), rank(g.numpy()))[0, 1] >= 0.8 > abs(before)
 
 
-def test_presets_are_the_command_line_defaults_and_flags_override_them(setup, tmp_path):
-    presets = tmp_path / "presets.json"
-    presets.write_text(json.dumps({ENV: {"qp_sft": {"alpha": 0.5, "critic_batch": 32}}}))
-    common = ["--env", ENV, "--tasks", str(TASK), "--num-trajs", "4", "--total-steps", "2", "--eval-every", "2",
+def _presets_run(setup, tmp_path, presets: dict | str, script="qp_sft.py", env=ENV):
+    path = tmp_path / "presets.json"
+    path.write_text(presets if isinstance(presets, str) else json.dumps(presets))
+    common = ["--env", env, "--tasks", str(TASK), "--num-trajs", "4", "--total-steps", "2", "--eval-every", "2",
               "--eval-episodes", "1", "--batch-size", "4", "--data-dir", str(setup / "data"),
               "--pretrained", str(setup / "pre.pt"), "--run-dir", str(tmp_path / "runs"), "--threads", "1"]
-    env = {**os.environ, "RFT_PRESETS": str(presets)}
-    run = lambda *extra: subprocess.run([sys.executable, "qp_sft.py", *common, *extra], cwd=ROOT, env=env,  # noqa: E731
-                                        capture_output=True, text=True, timeout=300)
-    out = subprocess.run([sys.executable, "qp_sft.py", "--env", ENV, "--help"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=60)
-    assert "--alpha 0.5" in out.stdout and "(default: 0.5)" in out.stdout
+    return lambda *extra: subprocess.run([sys.executable, script, *common, *extra], cwd=ROOT,  # noqa: E731
+                                         env={**os.environ, "RFT_PRESETS": str(path)}, capture_output=True, text=True,
+                                         timeout=300)
+
+
+def test_presets_are_the_command_line_defaults_and_flags_override_them(setup, tmp_path):
+    run = _presets_run(setup, tmp_path, {ENV: {"full": {"qp_sft": {"alpha": 0.5, "critic_batch": 32}},
+                                               "lora": {"qp_sft": {"alpha": 0.7}}}})
+    out = subprocess.run([sys.executable, "qp_sft.py", "--env", ENV, "--help"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "RFT_PRESETS": str(tmp_path / "presets.json")}, timeout=60)
+    assert "presets: --alpha 0.5 --critic-batch 32 (from" in out.stdout and "(default: 0.5)" in out.stdout
     cfg = lambda name: json.load(open(tmp_path / "runs" / name / "result.json"))["config"]  # noqa: E731
-    assert run("--run-name", "a").returncode == 0 and (cfg("a")["alpha"], cfg("a")["critic_batch"]) == (0.5, 32)
+    a = run("--run-name", "a")
+    assert a.returncode == 0 and (cfg("a")["alpha"], cfg("a")["critic_batch"]) == (0.5, 32)
+    assert a.stdout.splitlines()[0].startswith("a: presets: --alpha 0.5 --critic-batch 32 (from ")  # the first line
+    assert cfg("a")["preset"]["flags"] == {"alpha": 0.5, "critic_batch": 32}
+    assert cfg("a")["preset"]["from"].endswith(f"[{ENV}][full][qp_sft]")
     assert run("--run-name", "b", "--alpha", "0.2").returncode == 0 and cfg("b")["alpha"] == 0.2
     assert run("--run-name", "c", "--no-presets").returncode == 0 and cfg("c")["alpha"] == 0.1
+    assert cfg("c")["preset"] == {"flags": {}, "from": "off"}
+    assert run("--run-name", "d", "--tuning", "lora").returncode == 0 and cfg("d")["alpha"] == 0.7  # per tuning
+    assert run("--run-name", "e", "--tuning", "prompt").returncode == 0 and cfg("e")["alpha"] == 0.1  # none chosen
+
+
+@pytest.mark.parametrize("presets, match", [
+    ('{"halfcheetahvel": {"full": {"qp_sft": {"alpha": 0.5', "is unreadable"),
+    ("[1, 2]", "is not {env: {tuning: {algo: {flag: value}}}}"),
+    ({ENV: {"qp_sft": {"alpha": 0.5}}}, "is not {env: {tuning: {algo: {flag: value}}}}"),
+    ({ENV: {"full": {"qp_sft": {"alpah": 0.5}}}}, "has 'alpah', which is not a flag of qp_sft.py"),
+    ({ENV: {"full": {"qp_sft": {"alpha": "big"}}}}, "alpha = 'big' is not a float"),
+    ({ENV: {"full": {"qp_sft": {"critic_batch": 3.5}}}}, "critic_batch = 3.5 is not a int"),
+])
+def test_a_bad_presets_file_is_one_line_naming_it(setup, tmp_path, presets, match):
+    out = _presets_run(setup, tmp_path, presets)("--help")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "presets.json" in last and match in last, out.stderr
+
+
+def test_halfcheetahdir_takes_halfcheetahvel_presets(tmp_path):
+    (tmp_path / "presets.json").write_text(json.dumps({"halfcheetahvel": {"full": {"sft": {"lr": 3e-4}}}}))
+    out = subprocess.run([sys.executable, "sft.py", "--env", "halfcheetahdir", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "RFT_PRESETS": str(tmp_path / "presets.json")}, timeout=60)
+    assert out.returncode == 0 and "presets: --lr 0.0003 (from" in out.stdout and "[halfcheetahvel][full][sft]" in out.stdout
+
+
+def test_validation_tasks_finetune_and_a_task_the_checkpoint_saw_is_refused(setup, tmp_path):
+    val = spec(ENV).val_tasks[0]
+    res = run_algo(setup, "sft", run_dir=str(tmp_path / "ok"), tasks=(val,))
+    assert [t["task"] for t in res["tasks"]] == [val]
+    ck = torch.load(setup / "pre.pt", weights_only=True)
+    ck["pretrain_tasks"] = [val]  # as if pretrained on the validation task
+    torch.save(ck, tmp_path / "seen.pt")
+    with pytest.raises(ValueError, match=rf"was pretrained on task\(s\) \[{val}\].*pretrain_pdt.py --env {ENV}"):
+        run_algo(setup, "sft", run_dir=str(tmp_path / "bad"), tasks=(val,), pretrained=str(tmp_path / "seen.pt"))
+    del ck["pretrain_tasks"]  # a checkpoint from before validation tasks: taken to have seen every non-test task < 50
+    torch.save(ck, tmp_path / "old.pt")
+    seen = spec(ENV).train_tasks[5]
+    with pytest.raises(ValueError, match="neither validation nor test"):
+        run_algo(setup, "sft", run_dir=str(tmp_path / "bad"), tasks=(seen,), pretrained=str(tmp_path / "old.pt"))
+    from common.model import pretrain_tasks
+    assert set(pretrain_tasks(ck, "metaworld")) == set(range(45))  # the old metaworld checkpoint saw the val classes
+    assert set(pretrain_tasks(ck, ENV)).isdisjoint(spec(ENV).val_tasks)
 
 
 @pytest.mark.parametrize("gl", ["osmesa", "egl"])

@@ -1,14 +1,18 @@
 """benchmark/: every experiment script at SCALE=smoke end to end, the command grids at SCALE=paper,
 bad settings, and report.py's statistics and takeaway checks against hand-made results."""
 import importlib.util
+import itertools
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from common.envs import spec as env_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("report", os.path.join(ROOT, "benchmark", "report.py"))
@@ -149,35 +153,60 @@ def fake_result(run_dir, algo, tuning, seed, best, final, zero_shot=0.0, wall=60
     (run_dir / name / "result.json").write_text(json.dumps(res))
 
 
-def test_tune_runs_its_grid_on_validation_scores_and_writes_presets(smoke_root, tmp_path):
-    """benchmark/tune.py at smoke size: every grid point runs, the table is written, and the preset is
-    the point with the highest validation score (recomputed here from the result files)."""
+def test_tune_runs_its_stages_on_validation_tasks_and_writes_presets(smoke_root, tmp_path):
+    """benchmark/tune.py at smoke size: the learning-rate stage, then QP-SFT's alpha at the chosen rate, on
+    validation tasks; each preset is the point with the highest validation score (recomputed here)."""
     assert script("table1", SCALE="smoke", ROOT_DIR=str(smoke_root), WORKERS="2").returncode == 0  # data, checkpoint
     presets = tmp_path / "presets.json"
-    cmd = [sys.executable, "benchmark/tune.py", "--envs", "halfcheetahvel", "--algos", "qp_sft", "--steps", "2",
-           "--eval-every", "1", "--episodes", "1", "--num-trajs", "3", "--data-dir", str(smoke_root / "data"),
-           "--pretrained", str(smoke_root / "pretrained" / "halfcheetahvel.pt"), "--run-dir", str(tmp_path / "runs"),
-           "--out-dir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    cmd = [sys.executable, "benchmark/tune.py", "--envs", "halfcheetahvel", "--tunings", "full", "--algos", "qp_sft",
+           "--steps", "2", "--eval-every", "1", "--episodes", "1", "--num-trajs", "3", "--data-dir",
+           str(smoke_root / "data"), "--pretrained", str(smoke_root / "pretrained" / "halfcheetahvel.pt"),
+           "--run-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
     out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "RFT_PRESETS": str(presets)}, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     runs = sorted((tmp_path / "runs").iterdir())
-    assert len(runs) == 4  # qp_sft's alpha grid
-    val = {}
+    assert len(runs) == 6  # 3 learning rates (SFT), then qp_sft's 3 alphas
+    val, lrs = {}, {}
     for r in runs:
         res = json.loads((r / "result.json").read_text())
-        val[res["config"]["alpha"]] = np.mean([max(c["val_return"] for c in t["curve"][1:]) for t in res["tasks"]])
-    chosen = json.loads(presets.read_text())["halfcheetahvel"]["qp_sft"]["alpha"]
-    assert val[chosen] == max(val.values())
+        assert {t["task"] for t in res["tasks"]} <= set(env_spec("halfcheetahvel").val_tasks)
+        score = np.mean([max(c["val_return"] for c in t["curve"][1:]) for t in res["tasks"]])
+        (val if res["algo"] == "qp_sft" else lrs)[res["config"]["alpha"] if res["algo"] == "qp_sft" else res["lr"]] = score
+    chosen = json.loads(presets.read_text())["halfcheetahvel"]["full"]
+    assert lrs[chosen["sft"]["lr"]] == max(lrs.values())
+    assert val[chosen["qp_sft"]["alpha"]] == max(val.values()) and chosen["qp_sft"]["lr"] == chosen["sft"]["lr"]
     md = (tmp_path / "halfcheetahvel.md").read_text()
-    assert md.count("| qp_sft |") == 4 and md.count("**chosen**") == 1
+    assert md.count("| qp_sft |") == 3 and md.count("| sft |") == 3 and md.count("**chosen**") == 2
     # --pick-only --dry-run prints the table and writes nothing
     (tmp_path / "halfcheetahvel.md").unlink()
     presets.unlink()
     out = subprocess.run(cmd + ["--pick-only", "--dry-run"], cwd=ROOT, env={**os.environ, "RFT_PRESETS": str(presets)},
                          capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and out.stdout.count("| qp_sft |") == 4, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
     assert not (tmp_path / "halfcheetahvel.md").exists() and not presets.exists()
+
+
+@pytest.mark.parametrize("env", ["halfcheetahvel", "antdir", "metaworld"])
+def test_tune_finetunes_only_validation_tasks(env):
+    """Every command of every stage of the search, for every tuning, names only validation tasks."""
+    import argparse
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+    import tune
+
+    args = argparse.Namespace(steps=200, eval_every=100, episodes=5, num_trajs=50, data_dir="data", run_dir="r",
+                              pretrained="")
+    chosen = {a: {"lr": 1e-4, "beta": 1.0, "alpha": 0.1} for a in tune.ALGOS}
+    for tuning in ("prompt", "lora", "decorator", "full"):
+        for stage in (1, 2, 3):
+            for algo, pt in tune.stage_points(stage, env, tuning, chosen):
+                cmd = shlex.split(tune.command(algo, env, tuning, pt, args))
+                i = cmd.index("--tasks")
+                tasks = [int(t) for t in itertools.takewhile(lambda x: not x.startswith("--"), cmd[i + 1:])]
+                assert tasks and set(tasks) <= set(env_spec(env).val_tasks), cmd
+                assert not set(tasks) & set(env_spec(env).test_tasks + env_spec(env).train_tasks)
+    assert "halfcheetahdir" not in tune.ENVS  # no validation task: it takes halfcheetahvel's presets
 
 
 def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):

@@ -65,8 +65,8 @@ def test_antdir_reward_projects_velocity_on_the_goal_direction():
 def test_task_lists_and_splits_are_fixed_and_disjoint():
     for name in ("halfcheetahvel", "antdir"):
         s = spec(name)
-        assert s.num_tasks == 50 and len(s.train_tasks) == 45 and len(s.test_tasks) == 5
-        assert set(s.train_tasks).isdisjoint(s.test_tasks)
+        assert s.num_tasks == 55 and len(s.train_tasks) == 45 and len(s.test_tasks) == 5
+        assert s.val_tasks == (50, 51, 52, 53, 54)
         assert set(s.train_tasks) | set(s.test_tasks) == set(range(50))
     vel = spec("halfcheetahvel")
     assert all(0.075 <= v <= 3.0 for v in vel.params)
@@ -74,21 +74,43 @@ def test_task_lists_and_splits_are_fixed_and_disjoint():
     # the split is part of the benchmark: changing it silently would invalidate every result
     assert vel.test_tasks == (2, 13, 16, 17, 29)
     assert [round(vel.params[t], 4) for t in vel.test_tasks] == [2.7755, 2.6015, 2.2271, 0.7266, 0.81]
+    assert [round(vel.params[t], 4) for t in vel.val_tasks] == [0.5984, 1.9467, 1.4418, 1.1587, 1.1131]
     assert spec("antdir").test_tasks == (6, 14, 35, 46, 49)
     assert round(spec("antdir").params[6], 4) == 1.6985
+    assert [round(spec("antdir").params[t], 4) for t in spec("antdir").val_tasks] == [0.0503, 2.4246, 0.5185, 3.1284,
+                                                                                         2.8196]
     d = spec("halfcheetahdir")
-    assert d.params == (1.0, -1.0) and d.train_tasks == d.test_tasks == (0, 1)
+    assert d.params == (1.0, -1.0) and d.train_tasks == d.test_tasks == (0, 1) and d.val_tasks == ()
     mw = spec("metaworld")
     assert [mw.params[t] for t in mw.test_tasks] == ["bin-picking-v3", "box-close-v3", "hand-insert-v3",
                                                       "door-lock-v3", "door-unlock-v3"]
-    assert len(set(mw.params)) == 50 and set(mw.train_tasks).isdisjoint(mw.test_tasks)
+    # 5 of ML45's 45 training classes held out of pretraining by a seeded draw
+    assert [mw.params[t] for t in mw.val_tasks] == ["basketball-v3", "coffee-pull-v3", "faucet-close-v3",
+                                                     "plate-slide-side-v3", "stick-push-v3"]
+    assert len(set(mw.params)) == 50 and len(mw.train_tasks) == 40
+    assert set(mw.train_tasks) | set(mw.val_tasks) == set(range(45))
+
+
+@pytest.mark.parametrize("name", ENV_NAMES)
+def test_validation_test_and_pretraining_tasks_are_disjoint(name):
+    s = spec(name)
+    if name == "halfcheetahdir":  # only two tasks exist: pretrained on and tested, as in Prompt-DT; no validation
+        assert s.val_tasks == () and s.finetune_tasks == s.test_tasks
+        return
+    assert len(s.val_tasks) == 5 and len(set(s.val_tasks)) == 5
+    assert set(s.val_tasks).isdisjoint(s.test_tasks)
+    assert set(s.val_tasks).isdisjoint(s.train_tasks)
+    assert set(s.train_tasks).isdisjoint(s.test_tasks)
+    assert s.finetune_tasks == s.val_tasks + s.test_tasks
+    # validation task parameters are new draws, not copies of any other task's
+    assert not set(s.params[t] for t in s.val_tasks) & set(s.params[t] for t in s.train_tasks + s.test_tasks)
 
 
 def test_bad_env_and_task_give_clear_errors():
     with pytest.raises(ValueError, match="unknown env 'antdirr'; choose one of halfcheetahvel"):
         spec("antdirr")
-    with pytest.raises(ValueError, match="tasks 0..49"):
-        make_env("antdir", 50)
+    with pytest.raises(ValueError, match="tasks 0..54"):
+        make_env("antdir", 55)
 
 
 @pytest.mark.parametrize("name", ENV_NAMES)
