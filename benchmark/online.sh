@@ -10,7 +10,7 @@ online() {  # online ALGO ENV SEED RUN_NAME [flags...]
   local algo=$1 env=$2 seed=$3 name=$4; shift 4
   task_flags "$env"
   echo "python $algo.py --env $env --seed $seed --total-steps $ONLINE_ITERS --eval-every $ONLINE_EVAL" \
-       "--eval-episodes $EPISODES --data-dir $DATA_DIR --run-dir $RUN_DIR --pretrained $(ckpt "$env")" \
+       "${EPISODES:+--eval-episodes $EPISODES }--data-dir $DATA_DIR --run-dir $RUN_DIR --pretrained $(ckpt "$env")" \
        "${TASK_FLAGS[$env]} --tuning full --quality expert --num-trajs $N_MAIN --group-size $GROUP" \
        "--run-name ${name}_${env}_full_expert_n${N_MAIN}_s${seed} $*"
 }
@@ -20,7 +20,7 @@ init_run() { echo "sft_${1}_full_expert_n${N_MAIN}_s${2}"; }
 for seed in $SEEDS; do for env in $ENVS; do
   [ -f "$RUN_DIR/online_grpo_mixed_from_offline_${env}_full_expert_n${N_MAIN}_s${seed}/result.json" ] && continue
   task_flags "$env"
-  echo "python sft.py --env $env --seed $seed --total-steps $STEPS --eval-every $EVAL_EVERY --eval-episodes $EPISODES" \
+  echo "python sft.py --env $env --seed $seed --total-steps $STEPS --eval-every $EVAL_EVERY ${EPISODES:+--eval-episodes $EPISODES}" \
        "--data-dir $DATA_DIR --run-dir $INIT_DIR --pretrained $(ckpt "$env") ${TASK_FLAGS[$env]} --tuning full" \
        "--quality expert --num-trajs $N_MAIN --save-model selected --run-name $(init_run "$env" "$seed")"
 done; done | $PY benchmark/run.py - --workers "$WORKERS" --log-dir "$LOG_DIR" $RUN_FLAGS $([ "$DRY_RUN" = 1 ] && echo --dry-run)

@@ -213,11 +213,51 @@ def protocol_note(runs) -> str:
             f"95% Student-t interval over seeds (mean alone for one seed; see benchmark/stats.py for why not a bootstrap).")
 
 
+def evaluation_section(runs, envs) -> list[str]:
+    """Can an evaluation rank checkpoints? Per env: episodes per evaluation, the median 95% half-width of one
+    task's evaluation (from the logged per-episode spread) against the target (10% of expert - random;
+    MetaWorld's success: 0.15 at the worst case p = 0.5), and the median within-task correlation between the
+    validation and reporting scores over a run's checkpoints (near 0: selection is a random pick)."""
+    from scipy import stats as st
+
+    rows = []
+    for env in envs:
+        cell = select(runs, env=env)
+        rnd, exp = normaliser(env)
+        n = sorted({r["result"]["config"]["eval_episodes"] for r in cell})
+        hw, frac, corr = [], [], []
+        for r in cell:
+            k = r["result"]["config"]["eval_episodes"]
+            for t in r["result"]["tasks"]:
+                pts = [c for c in t["curve"][1:]]
+                for c in t["curve"]:
+                    if "return_sd" in c and k > 1:
+                        hw.append(st.t.ppf(0.975, k - 1) * c["return_sd"] / np.sqrt(k))
+                        frac.append(hw[-1] / (exp[t["task"]] - rnd[t["task"]]))
+                if len(pts) >= 3:
+                    v, rep = [c["val_return"] for c in pts], [c["return"] for c in pts]
+                    if np.std(v) > 0 and np.std(rep) > 0:
+                        corr.append(np.corrcoef(v, rep)[0, 1])
+        succ_hw = 1.96 * 0.5 / np.sqrt(max(n)) if env == "metaworld" and n else None
+        rows.append([ELABEL[env], "/".join(map(str, n)),
+                     f"{np.median(hw):.1f} ({np.median(frac):.0%} of the range)" if hw else "not logged",
+                     f"{succ_hw:.2f} (at p = 0.5)" if succ_hw is not None else "",
+                     f"{np.median(corr):.2f} ({len(corr)} task-runs)" if corr else "fewer than 3 checkpoints"])
+    return ["## Evaluation precision\n",
+            "Per env: episodes per evaluation (each of validation and reporting; common/rollout.py EVAL_EPISODES), "
+            "the median 95% half-width of one task's evaluation (target: at most 10% of the expert-minus-random "
+            "range; MetaWorld success at most 0.15), and the median within-task correlation of validation and "
+            "reporting scores over a run's checkpoints after step 0 (how well selection can rank them).\n",
+            md_table(["Env", "Episodes", "Return half-width", "Success half-width", "Validation-reporting correlation"],
+                     rows), ""]
+
+
 # ---------------------------------------------------------------- Table 1 and its takeaways
 def table1(runs, args) -> list[str]:
     runs = main_setting(runs, args.n_main)
     envs = present(runs, "env", ENVS)
     text = [f"# Table 1: algorithms x tunings, expert data, {args.n_main} trajectories\n", protocol_note(runs), ""]
+    text += evaluation_section(runs, envs)
     means = {}  # (which, tuning, env, algo) -> mean over seeds; algo "zero_shot" for zero-shot
     title = {"selected": "Selected checkpoint (chosen on validation episodes, scored on the reporting episodes)",
              "final": "Final checkpoint",

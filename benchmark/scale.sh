@@ -3,9 +3,10 @@
 #
 #   SCALE=smoke  seconds: a fresh tiny dataset and checkpoint under runs/smoke/, 2 steps per run
 #                (the test suite runs every script at this scale)
-#   SCALE=cpu    (default) one env (halfcheetahvel), 2 seeds, 200 steps per task, 5 eval episodes:
-#                Table 1 for one env takes about 2.5 hours on 2 CPU cores
-#   SCALE=paper  the paper's protocol: 4 envs, 3 seeds, 1000 steps per task, 10 eval episodes
+#   SCALE=cpu    (default) one env (halfcheetahvel), 2 seeds, 200 steps per task, an evaluation every 100
+#                steps with the env's episodes (EPISODES empty: common/rollout.py EVAL_EPISODES, sized so that
+#                an evaluation can rank checkpoints; benchmark/results/eval_noise/)
+#   SCALE=paper  the paper's protocol: 4 envs, 3 seeds, 1000 steps per task, an evaluation every 250 steps
 #
 # Any setting can be overridden from the environment, e.g.
 #   SCALE=cpu ENVS="halfcheetahvel antdir" SEEDS="1 2 3" WORKERS=2 bash benchmark/table1.sh
@@ -38,7 +39,7 @@ case "$SCALE" in
     : "${COLLECT_FLAGS:=--num-trajs 3}" "${PRETRAIN_FLAGS:=--total-steps 20 --eval-every 20 --eval-episodes 1 --train-tasks 2}"
     ;;
   cpu)
-    : "${ENVS:=halfcheetahvel}" "${SEEDS:=1 2}" "${STEPS:=200}" "${EVAL_EVERY:=50}" "${EPISODES:=5}"
+    : "${ENVS:=halfcheetahvel}" "${SEEDS:=1 2}" "${STEPS:=200}" "${EVAL_EVERY:=100}" "${EPISODES:=}"
     : "${ALGOS:=$ALL_ALGOS}" "${TUNINGS:=$ALL_TUNINGS}" "${NUM_TRAJS:=5 10 25 50}" "${N_MAIN:=50}"
     : "${ALPHAS:=0.001 0.01 0.1 1 2}" "${SIZES:=1/64/1 2/96/1 3/128/1}" "${TASKS:=all}"
     : "${ABL_TUNINGS:=full}"  # the ablations (figures 1-4, 7, table 6) use one tuning at this scale
@@ -50,7 +51,7 @@ case "$SCALE" in
     ;;
   paper)
     : "${ENVS:=halfcheetahvel halfcheetahdir antdir metaworld}" "${SEEDS:=1 2 3}" "${STEPS:=1000}"
-    : "${EVAL_EVERY:=250}" "${EPISODES:=10}" "${ALGOS:=$ALL_ALGOS}" "${TUNINGS:=$ALL_TUNINGS}"
+    : "${EVAL_EVERY:=250}" "${EPISODES:=}" "${ALGOS:=$ALL_ALGOS}" "${TUNINGS:=$ALL_TUNINGS}"
     : "${NUM_TRAJS:=5 10 25 50}" "${N_MAIN:=50}" "${ALPHAS:=0.001 0.01 0.1 1 2}" "${TASKS:=all}"
     : "${ABL_TUNINGS:=$ALL_TUNINGS}"
     : "${ONLINE_ITERS:=100}" "${ONLINE_EVAL:=25}" "${GROUP:=16}" "${MEMBERS:=4}"
@@ -119,7 +120,7 @@ ft() {
   local algo=$1 env=$2 seed=$3; shift 3
   task_flags "$env"
   echo "python $algo.py --env $env --seed $seed --total-steps $STEPS --eval-every $EVAL_EVERY" \
-       "--eval-episodes $EPISODES --data-dir $DATA_DIR --run-dir $RUN_DIR" \
+       "${EPISODES:+--eval-episodes $EPISODES }--data-dir $DATA_DIR --run-dir $RUN_DIR" \
        "--pretrained $(ckpt "$env" "${MODEL_SIZE:-3/128/1}") ${TASK_FLAGS[$env]} $*"
 }
 

@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)
 
 from common.envs import spec  # noqa: E402
 from common.finetune import DEFAULT_LR, PRESETS_PATH, load_presets  # noqa: E402
+from common.rollout import EVAL_EPISODES  # noqa: E402
 from common.tuning import TUNINGS  # noqa: E402
 
 ENVS = ("halfcheetahvel", "antdir", "metaworld")  # the envs with validation tasks
@@ -64,7 +65,7 @@ def command(algo: str, env: str, tuning: str, point: dict, args) -> str:
     flags = " ".join(f"--{k.replace('_', '-')} {fmt(v)}" for k, v in point.items())
     tasks = " ".join(map(str, TUNE_TASKS[env]))
     return (f"python {algo}.py --env {env} --tuning {tuning} --seed 1 --tasks {tasks} --total-steps {args.steps} "
-            f"--eval-every {args.eval_every} --eval-episodes {args.episodes} --num-trajs {args.num_trajs} "
+            f"--eval-every {args.eval_every} --eval-episodes {args.episodes or EVAL_EPISODES[env]} --num-trajs {args.num_trajs} "
             f"--data-dir {args.data_dir} --run-dir {args.run_dir} --run-name {run_name(algo, env, tuning, point)} "
             f"--no-presets --save-model none" + (f" --pretrained {args.pretrained}" if args.pretrained else "")
             + f" {flags}")
@@ -147,8 +148,9 @@ def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
     for env in envs:
         md = [f"# Hyperparameter search on {env} (validation tasks {', '.join(map(str, TUNE_TASKS[env]))})\n",
               f"Made by `python benchmark/tune.py --envs {env} --tunings {' '.join(tunings)} --steps {args.steps} "
-              f"--eval-every {args.eval_every} --episodes {args.episodes}`: expert data, {args.num_trajs} trajectories, "
-              f"seed 1. Chosen by the validation score at the selected checkpoint"
+              f"--eval-every {args.eval_every}" + (f" --episodes {args.episodes}" if args.episodes else "")
+              + f"`: expert data, {args.num_trajs} trajectories, seed 1, {args.episodes or EVAL_EPISODES[env]} validation "
+              f"and as many reporting episodes per evaluation. Chosen by the validation score at the selected checkpoint"
               + (" (success, then return)" if env == "metaworld" else "")
               + "; the reporting columns (the same validation tasks' reporting episodes) are for information only.\n"]
         for tuning in tunings:
@@ -181,7 +183,8 @@ def main() -> int:
                     help="limit the search to these algorithms (SFT's learning-rate stage always runs)")
     ap.add_argument("--steps", type=int, default=200, help="gradient steps per task")
     ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--episodes", type=int, default=20, help="validation (and as many reporting) episodes per evaluation")
+    ap.add_argument("--episodes", type=int, default=0,
+                    help="validation (and as many reporting) episodes per evaluation (0: the env's, EVAL_EPISODES)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--num-trajs", type=int, default=50, help="finetuning trajectories per task")
     ap.add_argument("--data-dir", default="data")
@@ -192,7 +195,9 @@ def main() -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run and write nothing")
     ap.add_argument("--pick-only", action="store_true", help="only pick the presets from the runs already made")
     args = ap.parse_args()
-    for k in ("steps", "eval_every", "episodes", "workers", "num_trajs"):
+    if args.episodes < 0:
+        raise SystemExit("error: --episodes must be 0 (the env's) or at least 1")
+    for k in ("steps", "eval_every", "workers", "num_trajs"):
         if getattr(args, k) < 1:
             raise SystemExit(f"error: --{k.replace('_', '-')} must be at least 1")
     try:

@@ -338,6 +338,8 @@ def evaluate_policy(policy, env: str, task: int, target: float, episodes: int, d
     out = {"return": float(ev["returns"][0].mean()), "val_return": float(ev["returns"][1].mean())}
     if env == "metaworld":
         out.update(success=float(ev["success"][0].mean()), val_success=float(ev["success"][1].mean()))
+    if episodes > 1:  # the per-episode spread: the report states each evaluation's 95% half-width from it
+        out.update(return_sd=float(ev["returns"][0].std(ddof=1)), val_return_sd=float(ev["returns"][1].std(ddof=1)))
     return out
 
 

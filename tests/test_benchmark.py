@@ -78,7 +78,8 @@ def test_paper_scale_grids_have_every_cell_once(tmp_path):
     assert len(cmds) == len(set(cmds)) == 7 * 4 * 4 * 3
     cells = {tuple(re.search(rf"--{k} (\S+)", c).group(1) for k in ("env", "tuning", "seed")) + (c.split()[1],)
              for c in cmds}
-    assert len(cells) == 336 and all("--total-steps 1000" in c and "--eval-episodes 10" in c for c in cmds)
+    # each env's own episodes per evaluation (common/rollout.py EVAL_EPISODES): no --eval-episodes flag
+    assert len(cells) == 336 and all("--total-steps 1000" in c and "--eval-episodes" not in c for c in cmds)
     fig7 = commands("fig7", SCALE="paper")
     assert len(fig7) == 2 * 5 * 2 * 4 * 4 * 3  # algos x alphas x qualities x tunings x envs x seeds
     assert {re.search(r"--alpha (\S+)", c).group(1) for c in fig7} == {"0.001", "0.01", "0.1", "1", "2"}
