@@ -144,7 +144,8 @@ def table(env: str, tuning: str, rows: list, args) -> list[str]:
 
 
 def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
-    presets = load_presets()
+    load_presets()  # a damaged file fails now, before any run
+    new = {}  # {env: {tuning: {algo: point}}} chosen here
     for env in envs:
         md = [f"# Hyperparameter search on {env} (validation tasks {', '.join(map(str, TUNE_TASKS[env]))})\n",
               f"Made by `python benchmark/tune.py --envs {env} --tunings {' '.join(tunings)} --steps {args.steps} "
@@ -156,7 +157,7 @@ def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
         for tuning in tunings:
             chosen, rows = choose(env, tuning, args, run)
             if chosen:
-                presets.setdefault(env, {})[tuning] = {a: chosen[a] for a in ALGOS if a in chosen}
+                new.setdefault(env, {})[tuning] = {a: chosen[a] for a in ALGOS if a in chosen}
             md += table(env, tuning, rows, args)
         if args.dry_run:
             continue
@@ -165,6 +166,9 @@ def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
         with open(tmp, "w") as f:
             f.write("\n".join(md))
         os.replace(tmp, os.path.join(args.out_dir, f"{env}.md"))
+    presets = load_presets()  # read again: a search of another env may have written meanwhile
+    for env, by_tuning in new.items():
+        presets.setdefault(env, {}).update(by_tuning)
     if not args.dry_run:
         tmp = f"{PRESETS_PATH}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:

@@ -139,3 +139,24 @@ def test_a_changed_eps_or_policy_remakes_the_files_it_made(tmp_path):
     assert "calibrating 1 tasks x 20 episodes" in stdout  # a test task: at least 20, whatever --calib-episodes
     stdout, _ = collect(tmp_path, env, "--retrain", "--seed", "1")  # a new policy: every file is remade
     assert "0 of 4 dataset files complete; collecting 4" in stdout
+
+
+def test_a_validation_task_collects_one_quality_on_a_behaviour_file_made_before_validation_tasks(tmp_path):
+    """A behaviour file with one entry per task of the old 50 is read NaN-padded, the validation task is
+    calibrated into it, and --qualities expert writes only expert data (no summary: it compares both)."""
+    env = "halfcheetahvel"
+    collect(tmp_path, env)
+    path = str(tmp_path / "behaviour" / f"{env}.pt")
+    beh = load_behaviour(path)
+    save_behaviour({**beh, **{k: beh[k][:50] for k in ("random_return", "expert_return", "medium_eps")}}, path)
+    assert len(load_behaviour(path)["medium_eps"]) == spec(env).num_tasks == 55
+    val = spec(env).val_tasks[0]
+    cmd = [sys.executable, "collect_data.py", "--env", env, "--data-dir", str(tmp_path / "data"), "--behaviour-dir",
+           str(tmp_path / "behaviour"), "--num-trajs", "3", "--calib-episodes", "1", "--calib-iters", "2",
+           "--threads", "1", "--tasks", str(val), "--qualities", "expert"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(load_trajectories(env, val, "expert", str(tmp_path / "data"))) == 3
+    assert not os.path.exists(dataset_path(str(tmp_path / "data"), env, "medium", val))
+    assert "no summary" in out.stdout
+    assert np.isfinite(load_behaviour(path)["expert_return"][val])
