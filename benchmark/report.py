@@ -305,10 +305,12 @@ def table1(runs, args) -> list[str]:
     done = [t for t in TUNINGS if not any(np.isnan(means[w, t, e, a]) for w in ("selected", "final", "best")
                                           for e in envs for a in ALGOS)]  # tunings with every (env, algorithm)
     text += ["## The paper's takeaways, checked\n",
-             f"Each claim is evaluated on averages over the envs here ({', '.join(ELABEL[e] for e in envs)}) and the "
-             f"tunings run for every algorithm ({', '.join(TLABEL[t] for t in done) or 'none'}): on the paper's own "
-             "Table 1 numbers for those envs and tunings, and on ours (selected, final and best checkpoint).\n",
-             takeaways(means, envs, done), ""]
+             f"Each claim is judged per env and pooled over the envs task by task, on normalised scores, in the tunings "
+             f"run for every algorithm ({', '.join(TLABEL[t] for t in done) or 'none'}): **held** when the 95% "
+             "stratified-bootstrap interval of every probability of improvement behind it lies above 0.5, **not held** "
+             "when one lies below 0.5, **inconclusive** otherwise; the figure shown is the weakest P(X > Y) "
+             "[interval]. Within-tuning claims must hold in every such tuning. The paper's column applies the same "
+             "claims to its own Table 1 means for that env (no intervals).\n", *takeaways(runs, envs, done), ""]
     text += runtime_section(runs)
     plot_table1(runs, envs, args.out_dir)
     text += ["![Table 1](table1.png)", "", "Learning curves (step 0 is zero-shot): ![curves](table1_curves.png)", ""]
@@ -376,41 +378,118 @@ def aggregate_section(runs, envs, out_dir) -> list[str]:
     return text + ["![Performance profiles](table1_profiles.png)", ""]
 
 
-def takeaways(means, envs, tunings) -> str:
-    """The paper's claims on the tunings whose grid is complete here (the paper's column on the same
-    tunings); claims that compare tunings need all four."""
-    def avg(src, which, tuning, algo):
-        if src == "paper":
-            i = (["zero_shot", *ALGOS]).index(algo)
-            return float(np.mean([PAPER_TABLE1[tuning][e][i] for e in envs]))
-        return float(np.mean([means[which, tuning, e, algo] for e in envs]))
+def verdict(p: float, lo: float, hi: float) -> str:
+    """A claim 'X beats Y' from P(X > Y) and its 95% interval: held, not held or inconclusive."""
+    if np.isnan(p):
+        return "n/a"
+    return "held" if lo > 0.5 else "not held" if hi < 0.5 else "inconclusive"
 
-    def best_tuning(src, which, algo):
-        return max(TUNINGS, key=lambda t: avg(src, which, t, algo))
 
-    every = lambda fn: lambda s, w: all(fn(s, w, t) for t in tunings)  # noqa: E731
-    checks = [  # (claim, needs all four tunings, test)
-        ("every algorithm beats zero-shot (average over tunings)", False,
-         lambda s, w: all(np.mean([avg(s, w, t, a) for t in tunings]) > np.mean([avg(s, w, t, "zero_shot") for t in tunings])
-                          for a in ALGOS)),
-        ("QP-SFT or QP-DPO has the highest average in every tuning", False,
-         every(lambda s, w, t: max(ALGOS, key=lambda a: avg(s, w, t, a)) in ("qp_sft", "qp_dpo"))),
-        ("QP-SFT beats SFT in every tuning", False, every(lambda s, w, t: avg(s, w, t, "qp_sft") > avg(s, w, t, "sft"))),
-        ("QP-DPO beats DPO in every tuning", False, every(lambda s, w, t: avg(s, w, t, "qp_dpo") > avg(s, w, t, "dpo"))),
-        ("full-model tuning gives QP-SFT and QP-DPO their highest average", True,
-         lambda s, w: all(best_tuning(s, w, a) == "full" for a in ("qp_sft", "qp_dpo"))),
-        ("SFT and DPO do best with full-model tuning", True,
-         lambda s, w: all(best_tuning(s, w, a) == "full" for a in ("sft", "dpo"))),
-        ("GRPO and CQL do best with a parameter-efficient tuning (LoRA or decorator)", True,
-         lambda s, w: all(best_tuning(s, w, a) in ("lora", "decorator") for a in ("grpo", "cql"))),
-    ]
-    rows = []
-    for claim, all_four, fn in checks:
-        ok = bool(envs and tunings) and (not all_four or len(tunings) == len(TUNINGS))
-        rows.append([claim] + [("holds" if fn(src, which) else "does not hold") if ok else "n/a (tunings not run)"
-                               for src, which in (("paper", "best"), ("ours", "selected"), ("ours", "final"),
-                                                  ("ours", "best"))])
-    return md_table(["Takeaway", "paper", "ours (selected)", "ours (final)", "ours (best)"], rows)
+def all_of(tests: list[tuple]) -> str:
+    """Several 'X beats Y' at once: held if every one is, not held if any is not; with the weakest figure."""
+    tests = [t for t in tests if not np.isnan(t[0])]
+    if not tests:
+        return "n/a (runs missing)"
+    vs = [verdict(*t) for t in tests]
+    v = "not held" if "not held" in vs else "held" if all(x == "held" for x in vs) else "inconclusive"
+    p, lo, hi = min(tests, key=lambda t: t[0])
+    return f"{v}: P {p:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+CLAIMS = [  # (the paper's takeaway, needs all four tunings)
+    ("every algorithm beats zero-shot", False),
+    ("QP-SFT or QP-DPO scores highest", False),
+    ("QP-SFT beats SFT", False),
+    ("QP-DPO beats DPO", False),
+    ("full-model tuning is best for QP-SFT and QP-DPO", True),
+    ("full-model tuning is best for SFT and DPO", True),
+    ("GRPO and CQL do best with a parameter-efficient tuning (LoRA or decorator)", True),
+]
+
+
+def judge(runs, scope: list[str], tunings: list[str], which: str, reps: int = 1000) -> list[str]:
+    """Each claim of CLAIMS on the normalised per-task scores of `scope` (one env, or several pooled task by
+    task), from probabilities of improvement with stratified-bootstrap intervals; within-tuning claims must
+    hold in every tuning of `tunings`."""
+    keys = sorted({(r["env"], t["task"]) for r in runs if r["env"] in scope for t in r["result"]["tasks"]})
+    cache = {}
+
+    def sc(algo, tuning):
+        if (algo, tuning) not in cache:
+            cell = [r for r in select(runs, tuning=tuning) if r["env"] in scope]
+            if algo == "zero_shot":
+                d = task_scores({(r["env"], r["seed"]): r for r in cell}.values(), "zero_shot")
+            else:
+                d = task_scores(select(cell, algo=algo), which)
+            cache[algo, tuning] = [np.array(d.get(k, [])) for k in keys]
+        return cache[algo, tuning]
+
+    def poi(x, y):
+        xs, ys = sc(*x), sc(*y)
+        if any(len(a) == 0 for a in xs) or any(len(b) == 0 for b in ys):  # a method missing a task: no verdict
+            return (np.nan, np.nan, np.nan)
+        return probability_of_improvement(xs, ys, reps=reps)
+
+    def best_iqm(algos, tuning):
+        return max(algos, key=lambda a: iqm(np.concatenate(sc(a, tuning))) if all(map(len, sc(a, tuning))) else -np.inf)
+
+    four = len(tunings) == len(TUNINGS)
+    if not tunings:
+        return ["n/a (no tuning has runs of every algorithm)"] * len(CLAIMS)
+    out = []
+    for claim, needs_four in CLAIMS:
+        if needs_four and not four:
+            out.append("n/a (tunings not run)")
+            continue
+        if claim.startswith("every algorithm"):
+            tests = [poi((a, t), ("zero_shot", t)) for t in tunings for a in ALGOS]
+        elif claim.startswith("QP-SFT or QP-DPO"):
+            tests = [poi((best_iqm(("qp_sft", "qp_dpo"), t), t), (a, t)) for t in tunings
+                     for a in ALGOS if not a.startswith("qp")]
+        elif claim == "QP-SFT beats SFT":
+            tests = [poi(("qp_sft", t), ("sft", t)) for t in tunings]
+        elif claim == "QP-DPO beats DPO":
+            tests = [poi(("qp_dpo", t), ("dpo", t)) for t in tunings]
+        elif claim.startswith("full-model tuning"):
+            algos = ("qp_sft", "qp_dpo") if "QP" in claim else ("sft", "dpo")
+            tests = [poi((a, "full"), (a, t)) for a in algos for t in TUNINGS if t != "full"]
+        else:
+            tests = []
+            for a in ("grpo", "cql"):
+                pe = max(("lora", "decorator"), key=lambda t: iqm(np.concatenate(sc(a, t))) if all(map(len, sc(a, t)))
+                         else -np.inf)
+                tests += [poi((a, pe), (a, t)) for t in ("full", "prompt")]
+        out.append(all_of(tests))
+    return out
+
+
+def paper_verdicts(env: str, tunings: list[str]) -> list[str]:
+    """The same claims on the paper's own Table 1 numbers for one env (its means: no intervals)."""
+    col = ["zero_shot", *ALGOS]
+    v = lambda t, a: PAPER_TABLE1[t][env][col.index(a)]  # noqa: E731
+    best_t = lambda a: max(TUNINGS, key=lambda t: v(t, a))  # noqa: E731
+    four = len(tunings) == len(TUNINGS)
+    tests = [all(v(t, a) > v(t, "zero_shot") for t in tunings for a in ALGOS),
+             all(max(ALGOS, key=lambda a: v(t, a)) in ("qp_sft", "qp_dpo") for t in tunings),
+             all(v(t, "qp_sft") > v(t, "sft") for t in tunings), all(v(t, "qp_dpo") > v(t, "dpo") for t in tunings),
+             four and all(best_t(a) == "full" for a in ("qp_sft", "qp_dpo")),
+             four and all(best_t(a) == "full" for a in ("sft", "dpo")),
+             four and all(best_t(a) in ("lora", "decorator") for a in ("grpo", "cql"))]
+    return [("n/a (tunings not run)" if needs and not four else "held" if ok else "not held")
+            for ok, (_, needs) in zip(tests, CLAIMS)] if tunings else ["n/a"] * len(CLAIMS)
+
+
+def takeaways(runs, envs, tunings) -> list[str]:
+    """The paper's takeaways judged per env and pooled over envs on normalised scores (never on raw returns
+    summed across envs), each held / not held / inconclusive with the probability of improvement behind it."""
+    text = []
+    for scope in [[e] for e in envs] + ([list(envs)] if len(envs) > 1 else []):
+        cols = [judge(runs, scope, tunings, w) for w in ("selected", "final", "best")]
+        paper = paper_verdicts(scope[0], tunings) if len(scope) == 1 else ["-"] * len(CLAIMS)
+        rows = [[claim, paper[i], *(c[i] for c in cols)] for i, (claim, _) in enumerate(CLAIMS)]
+        text += [f"**{' + '.join(ELABEL[e] for e in scope)}**" + (" (pooled task by task)" if len(scope) > 1 else ""),
+                 "", md_table(["Takeaway", "paper", "ours (selected)", "ours (final)", "ours (best)"], rows), ""]
+    return text
 
 
 def runtime_section(runs) -> list[str]:
