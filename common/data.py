@@ -13,6 +13,7 @@ metadata: episode_returns, episode_success, seeds; and env, task, param, quality
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -83,7 +84,15 @@ def lock_folder(folder: str, what: str):
     except BlockingIOError:
         f.close()
         raise RuntimeError(f"another process is running {folder}; wait for it to finish, or {what}") from None
+    atexit.register(_drop_lock, f)  # a run that ends in an error or Ctrl-C leaves no .lock file behind
     return f
+
+
+def _drop_lock(f) -> None:
+    if not f.closed:
+        with contextlib.suppress(OSError):
+            os.unlink(f.name)
+        f.close()
 
 
 def atomic_write_json(path: str, obj) -> None:

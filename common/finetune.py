@@ -185,6 +185,9 @@ def check_args(args) -> None:
     dup = sorted({t for t in args.tasks if args.tasks.count(t) > 1})
     if dup:
         raise ValueError(f"--tasks lists {dup} more than once; name each task once")
+    if args.run_name and (os.sep in args.run_name or args.run_name in (".", "..") or args.run_name.startswith(".")):
+        raise ValueError(f"--run-name {args.run_name!r} must be a plain folder name inside --run-dir (no '/', not "
+                         f"starting with '.'); choose another, or another --run-dir")
 
 
 # RFT_PRESETS points elsewhere (the tests use it, so they never touch the shipped file)
@@ -268,6 +271,10 @@ def cli(main, args_type) -> None:
             raise SystemExit(f"error: {e}") from None
         default = dataclasses.replace(default, **p)
         line = preset_line(p, where)
+        try:
+            check_args(default)  # a preset out of range is the file's fault, not a flag the user passed
+        except ValueError as e:
+            raise SystemExit(f"error: {where}: {e}; fix the preset (or pass --no-presets)") from None
     doc = (sys.modules[main.__module__].__doc__ or "").strip().split("\n")[0]  # the script's one-line summary
     run_cli(main, args_type, default=default,
             description=f"{doc}\n\nFor --env {env} --tuning {tuning}, {line}: the defaults below include them "

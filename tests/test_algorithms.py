@@ -344,7 +344,7 @@ def test_bad_flags_give_one_line_errors(setup):
     assert out.returncode == 1 and "error: pretrained checkpoint" in out.stderr
     assert "python pretrain_pdt.py --env halfcheetahvel" in out.stderr and out.stderr.strip().count("\n") == 0
     out = cli("cql.py", "--tasks", "0", *common)
-    assert out.returncode == 1 and "not test tasks of halfcheetahvel" in out.stderr
+    assert out.returncode == 1 and "neither validation nor test tasks of halfcheetahvel" in out.stderr
     out = cli("ppo.py", "--data-dir", str(setup / "nodata"), "--pretrained", str(setup / "pre.pt"))
     assert out.returncode == 1 and "python collect_data.py --env halfcheetahvel --data-dir" in out.stderr
 
@@ -499,6 +499,7 @@ def test_presets_are_the_command_line_defaults_and_flags_override_them(setup, tm
     ({ENV: {"full": {"qp_sft": {"alpah": 0.5}}}}, "has 'alpah', which is not a flag of qp_sft.py"),
     ({ENV: {"full": {"qp_sft": {"alpha": "big"}}}}, "alpha = 'big' is not a float"),
     ({ENV: {"full": {"qp_sft": {"critic_batch": 3.5}}}}, "critic_batch = 3.5 is not a int"),
+    ({ENV: {"full": {"qp_sft": {"lr": -1.0}}}}, "--lr must be positive, got -1.0; fix the preset"),
 ])
 def test_a_bad_presets_file_is_one_line_naming_it(setup, tmp_path, presets, match):
     out = _presets_run(setup, tmp_path, presets)("--help")

@@ -99,7 +99,7 @@ CASES = [(algo, flags, want) for algo in ALGOS for flags, want in [
     ("sft", ["--threads", "-2"], "--threads must be 0 or more"),
     ("sft", ["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
     ("sft", ["--grad-clip", "0"], "--grad-clip must be positive"),
-    ("sft", ["--tasks", "0"], "not test tasks of halfcheetahvel"),
+    ("sft", ["--tasks", "0"], "neither validation nor test tasks of halfcheetahvel"),
     ("sft", ["--data-dir", f"{F}/nodata"], f"python collect_data.py --env {ENV} --data-dir {F}/nodata"),
     ("sft", ["--data-dir", f"{F}/wrongdim"], "observations (10,) and actions (6,); halfcheetahvel has observations (17,)"),
     ("sft", ["--run-dir", f"{F}/done"], "made with other flags (--total-steps 999 vs 2); choose another --run-name"),
@@ -212,3 +212,38 @@ def test_a_killed_run_resumes_by_task_with_the_numbers_of_an_uninterrupted_one(r
     again = subprocess.run(sft_cmd(root, "whole"), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished with these flags" in again.stdout
     assert json.loads((root / "whole" / name / "result.json").read_text()) == whole
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_ends_in_one_line_saying_how_to_resume_and_releases_the_lock(root, sig):
+    name = f"sft_{ENV}_full_expert_n4_s1"
+    run_dir = f"interrupted_{int(sig)}"
+    proc = subprocess.Popen(sft_cmd(root, run_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = root / run_dir / name / "tasks" / "task_02.json"
+    t0 = time.time()
+    while not first.exists() and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(sig)  # during the second task
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted: nothing half-written is left; run the same command")
+    assert not (root / run_dir / name / ".lock").exists() and first.exists()
+    out = subprocess.run(sft_cmd(root, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "task 2: finished by an earlier run" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_run_that_ends_in_an_error_leaves_no_lock_file(tmp_path):
+    code = ("import sys; from common.data import lock_folder; lock_folder(sys.argv[1], 'x'); "
+            "raise SystemExit('error: loss is nan')")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and (tmp_path / "run").is_dir() and not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_run_name_cannot_leave_the_run_dir(root, tmp_path):
+    for bad in ("../../x", "a/b", "..", ".hidden"):
+        out = subprocess.run([sys.executable, "sft.py", *[a.replace(F, str(root)) for a in FT], "--run-dir",
+                              str(tmp_path / "runs"), "--run-name", bad], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 1 and out.stderr.strip().count("\n") == 0, out.stderr[-1000:]
+        assert "must be a plain folder name inside --run-dir" in out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
