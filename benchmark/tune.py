@@ -84,7 +84,7 @@ def stage_points(stage: int, env: str, tuning: str, chosen: dict, algos=ALGOS) -
     """The (algo, point) pairs of a stage, given what earlier stages chose (chosen[algo] = its point);
     algos limits stages 2 and 3 (stage 1, the learning rate, is always SFT's)."""
     if stage == 1:
-        return [("sft", {"lr": DEFAULT_LR[tuning] * f}) for f in LR_FACTORS]
+        return [("sft", {"lr": float(f"{DEFAULT_LR[tuning] * f:g}")}) for f in LR_FACTORS]  # as the command passes it
     lr = chosen["sft"]["lr"]
     if stage == 2:
         return [(a, {"lr": lr, **dict(zip(GRID[a], v))}) for a in GRID if a != "qp_dpo" and a in algos

@@ -148,7 +148,7 @@ CASES = [(algo, flags, want) for algo in ALGOS for flags, want in [
     ("pretrain_pdt", ["--data-dir", f"{F}/nodata"], f"python collect_data.py --env {ENV} --data-dir {F}/nodata"),
     ("collect_data", ["--num-trajs", "0"], "--num-trajs must be at least 1"),
     ("collect_data", ["--num-trajs", "-2"], "--num-trajs must be at least 1"),
-    ("collect_data", ["--tasks", "99"], "--tasks must be in 0..49"),
+    ("collect_data", ["--tasks", "99"], "--tasks must be in 0..54"),
     ("collect_data", ["--tasks", "1", "1"], "more than once"),
     ("collect_data", ["--workers", "0"], "--workers must be at least 1"),
     ("collect_data", ["--calib-iters", "0"], "--calib-iters must be at least 1"),

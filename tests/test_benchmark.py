@@ -173,7 +173,7 @@ def test_tune_runs_its_stages_on_validation_tasks_and_writes_presets(smoke_root,
         res = json.loads((r / "result.json").read_text())
         assert {t["task"] for t in res["tasks"]} <= set(env_spec("halfcheetahvel").val_tasks)
         score = np.mean([max(c["val_return"] for c in t["curve"][1:]) for t in res["tasks"]])
-        (val if res["algo"] == "qp_sft" else lrs)[res["config"]["alpha"] if res["algo"] == "qp_sft" else res["lr"]] = score
+        (val if res["algo"] == "qp_sft" else lrs)[res["config"]["alpha"] if res["algo"] == "qp_sft" else res["config"]["lr"]] = score
     chosen = json.loads(presets.read_text())["halfcheetahvel"]["full"]
     assert lrs[chosen["sft"]["lr"]] == max(lrs.values())
     assert val[chosen["qp_sft"]["alpha"]] == max(val.values()) and chosen["qp_sft"]["lr"] == chosen["sft"]["lr"]

@@ -71,9 +71,9 @@ def test_collect_resumes_after_a_deleted_and_a_half_written_file_and_is_determin
 
 
 def test_bad_flags_give_one_line_errors(tmp_path):
-    out = subprocess.run([sys.executable, "collect_data.py", "--env", "antdir", "--tasks", "50"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "collect_data.py", "--env", "antdir", "--tasks", "55"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "error: --tasks must be in 0..49 for antdir" in out.stderr
+    assert out.returncode != 0 and "error: --tasks must be in 0..54 for antdir" in out.stderr
     out = subprocess.run([sys.executable, "collect_data.py", "--env", "cheetah"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "cheetah" in out.stderr
