@@ -13,11 +13,11 @@ metadata: episode_returns, episode_success, seeds; and env, task, param, quality
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
 import tempfile
+import weakref
 import zipfile
 
 import numpy as np
@@ -84,15 +84,16 @@ def lock_folder(folder: str, what: str):
     except BlockingIOError:
         f.close()
         raise RuntimeError(f"another process is running {folder}; wait for it to finish, or {what}") from None
-    atexit.register(_drop_lock, f)  # a run that ends in an error or Ctrl-C leaves no .lock file behind
+    # a run that ends in an error or Ctrl-C leaves no .lock file behind: when the lock is dropped (garbage
+    # collected, or at exit) its file is removed, if it is still this lock's file and not a newer run's
+    weakref.finalize(f, _drop_lock, f.name, os.fstat(f.fileno()).st_ino)
     return f
 
 
-def _drop_lock(f) -> None:
-    if not f.closed:
-        with contextlib.suppress(OSError):
-            os.unlink(f.name)
-        f.close()
+def _drop_lock(path: str, inode: int) -> None:
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
 
 
 def atomic_write_json(path: str, obj) -> None:
