@@ -26,10 +26,11 @@ sys.path.insert(0, ROOT)
 
 from common.data import atomic_write_json, load_behaviour, load_trajectories, pack, sample_windows  # noqa: E402
 from common.envs import spec  # noqa: E402
-from common.finetune import DEFAULT_LR, masked_mean  # noqa: E402
+from common.finetune import DEFAULT_LR  # noqa: E402
 from common.model import default_checkpoint, load_pretrained  # noqa: E402
 from common.rollout import eval_seeds, evaluate, task_prompt_and_target  # noqa: E402
 from common.tuning import TunedPolicy  # noqa: E402
+from sft import sft_loss  # noqa: E402  (eq. 3, the script's own)
 
 
 def episodes_needed(sd: float, half_width: float) -> int:
@@ -76,7 +77,7 @@ def main() -> int:
                                             else torch.float32)
                          for k, v in sample_windows(packed, model.cfg.K, 64, rng).items()}
                     pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
-                    loss = masked_mean(((pred - b["actions"]) ** 2).mean(-1), b["mask"])
+                    loss = sft_loss(pred, b["actions"], b["mask"])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), 0.25)

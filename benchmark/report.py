@@ -229,7 +229,7 @@ def evaluation_section(runs, envs) -> list[str]:
         for r in cell:
             k = r["result"]["config"]["eval_episodes"]
             for t in r["result"]["tasks"]:
-                pts = [c for c in t["curve"][1:]]
+                pts = t["curve"][1:]
                 for c in t["curve"]:
                     if "return_sd" in c and k > 1:
                         hw.append(st.t.ppf(0.975, k - 1) * c["return_sd"] / np.sqrt(k))

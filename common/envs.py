@@ -53,7 +53,7 @@ class EnvSpec:
     @property
     def finetune_tasks(self) -> tuple[int, ...]:
         """Tasks a finetuning script may adapt to: validation tasks, then test tasks."""
-        return self.val_tasks + tuple(t for t in self.test_tasks if t not in self.val_tasks)
+        return self.val_tasks + self.test_tasks
 
     @property
     def num_tasks(self) -> int:

@@ -229,11 +229,11 @@ def preset(env: str, tuning: str, algo: str, args_type=None) -> tuple[dict, str]
         return {}, "none"
     where = f"{os.path.relpath(PRESETS_PATH)} [{src}][{tuning}][{algo}]"
     if args_type is not None:
-        fields = {f.name: f for f in dataclasses.fields(args_type)}
+        defaults = dataclasses.asdict(args_type())
         for k, v in p.items():
-            if k not in fields:
+            if k not in defaults:
                 raise ValueError(f"{where} has {k!r}, which is not a flag of {algo}.py; fix or remove it")
-            want = type(getattr(args_type(), k)) if getattr(args_type(), k) is not None else float
+            want = float if defaults[k] is None else type(defaults[k])  # None: an optional float (--lr)
             if want is float and isinstance(v, int) and not isinstance(v, bool):
                 continue
             if not isinstance(v, want) or isinstance(v, bool) != (want is bool):
@@ -350,6 +350,12 @@ def evaluate_policy(policy, env: str, task: int, target: float, episodes: int, d
     return out
 
 
+def seen_in_pretraining(tasks, pretrain_tasks, sp) -> list[int]:
+    """The tasks of `tasks` a checkpoint was pretrained on though the split keeps them out of pretraining
+    (halfcheetahdir's two tasks are pretraining and test tasks by design, as in Prompt-DT)."""
+    return [t for t in tasks if t in pretrain_tasks and t not in sp.train_tasks]
+
+
 class Run:
     """One finetuning run over the test tasks (see the module doc)."""
 
@@ -381,7 +387,7 @@ class Run:
         self.ckpt = args.pretrained or default_checkpoint(args.env)
         self.model = load_pretrained(self.ckpt, args.env, self.sp.obs_dim, self.sp.act_dim, self.device)
         self.model.requires_grad_(False)
-        seen = [t for t in self.all_tasks if t in self.model.pretrain_tasks]
+        seen = seen_in_pretraining(self.all_tasks, self.model.pretrain_tasks, self.sp)
         if seen:
             raise ValueError(f"{self.ckpt} was pretrained on task(s) {seen}, so finetuning there measures nothing; "
                              f"pretrain without them: python pretrain_pdt.py --env {args.env} --out {self.ckpt} --overwrite")

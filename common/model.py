@@ -205,4 +205,4 @@ def pretrain_tasks(ck: dict, env: str) -> tuple[int, ...]:
     if "pretrain_tasks" in ck:
         return tuple(int(t) for t in ck["pretrain_tasks"])
     sp = spec(env)
-    return tuple(t for t in range(min(NUM_TASKS, sp.num_tasks)) if t not in sp.test_tasks) or sp.train_tasks
+    return tuple(t for t in range(min(NUM_TASKS, sp.num_tasks)) if t not in sp.test_tasks or t in sp.train_tasks)

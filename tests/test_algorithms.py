@@ -552,3 +552,16 @@ def test_capture_video_writes_a_gif_or_says_in_one_line_why_not(setup, tmp_path,
         last = out.stderr.strip().splitlines()[-1]
         assert out.returncode == 1 and last.startswith(f"error: --capture-video cannot render here (MUJOCO_GL={gl}")
         assert "Traceback" not in out.stderr and not run.exists()
+
+
+def test_only_tasks_the_split_keeps_out_of_pretraining_are_refused_as_seen():
+    from common.finetune import seen_in_pretraining
+    from common.model import pretrain_tasks
+
+    d = spec("halfcheetahdir")  # its two tasks are pretraining and test tasks by design, old checkpoint or new
+    assert seen_in_pretraining(d.test_tasks, pretrain_tasks({}, "halfcheetahdir"), d) == []
+    assert seen_in_pretraining(d.test_tasks, pretrain_tasks({"pretrain_tasks": [0, 1]}, "halfcheetahdir"), d) == []
+    mw = spec("metaworld")
+    assert seen_in_pretraining(mw.finetune_tasks, pretrain_tasks({}, "metaworld"), mw) == list(mw.val_tasks)
+    assert seen_in_pretraining(mw.finetune_tasks, pretrain_tasks({"pretrain_tasks": list(mw.train_tasks)}, "metaworld"),
+                               mw) == []
