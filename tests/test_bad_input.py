@@ -218,7 +218,9 @@ def test_a_killed_run_resumes_by_task_with_the_numbers_of_an_uninterrupted_one(r
 def test_ctrl_c_or_sigterm_ends_in_one_line_saying_how_to_resume_and_releases_the_lock(root, sig):
     name = f"sft_{ENV}_full_expert_n4_s1"
     run_dir = f"interrupted_{int(sig)}"
-    proc = subprocess.Popen(sft_cmd(root, run_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a pytest-xdist worker ignores SIGINT and a child inherits that; a terminal's Ctrl-C reaches a default handler
+    proc = subprocess.Popen(sft_cmd(root, run_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = root / run_dir / name / "tasks" / "task_02.json"
     t0 = time.time()
     while not first.exists() and time.time() - t0 < 120 and proc.poll() is None:
