@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.data import atomic_torch_save
+from common.files import atomic_torch_save
 from common.envs import VecEnv, locomotion_reward, sample_params, spec
 
 MEDIUM_BAND = (1 / 3, 1 / 2)

@@ -30,8 +30,9 @@ import torch
 
 from behaviour_policy import (MEDIUM_BAND, SACActor, BehaviourPolicy, calibrate_medium, calibration_seeds, policy_input_dim, behaviour_rollout,
                               train_sac)
-from common.data import (QUALITIES, atomic_write_json, dataset_path, load_behaviour, load_trajectories, save_behaviour,
-                         save_trajectories, tq_saco)
+from common.data import (QUALITIES, dataset_path, load_behaviour, load_trajectories, save_behaviour, save_trajectories,
+                         tq_saco)
+from common.files import atomic_write_json
 from common.cli import run as cli
 from common.envs import spec
 

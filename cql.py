@@ -30,10 +30,14 @@ import copy
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from common.finetune import FinetuneArgs, Run, cli, critic_warmup_steps, masked_mean, warm_up_critic
+from common.data import masked_mean, returns_to_go, sample_batch
+from common.flags import FinetuneArgs, cli
+from common.run import Run
+from common.tuning import DEFAULT_LR
 
 
 @dataclass
@@ -71,6 +75,32 @@ class TwinQ(nn.Module):
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
+def discounted_returns(trajs: list[dict], gamma: float, device) -> torch.Tensor:
+    """Monte-Carlo discounted return-to-go of every step of the data (flat, in pack order): the behaviour
+    policy's Q(s, a), the critics' warm-up target. A timeout's tail is not bootstrapped."""
+    g = np.concatenate([returns_to_go(t["rewards"], gamma) for t in trajs])
+    return torch.as_tensor(g, dtype=torch.float32, device=device)
+
+
+def warm_up_critic(critic: TwinQ, opt, s: torch.Tensor, a: torch.Tensor, returns: torch.Tensor, steps: int,
+                   batch_size: int, rng: np.random.Generator) -> None:
+    """Where we add to the paper (it gives no critic schedule): both Qs regressed onto the data's Monte-Carlo
+    returns for `steps` minibatches of random steps, so that TD starts on the value scale instead of from a
+    random network (as QT regresses its critic on the returns before bootstrapping)."""
+    for _ in range(steps):
+        j = torch.as_tensor(rng.integers(0, len(returns), batch_size), device=returns.device)
+        q1, q2 = critic(s[j], a[j])
+        loss = ((q1 - returns[j]) ** 2).mean() + ((q2 - returns[j]) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def td_target(q_target: TwinQ, r, done, s_next, a_next, gamma: float) -> torch.Tensor:
+    """Eq. 10's target: r + gamma * min_i Q'_i(s', a'), no bootstrap after a true termination."""
+    return r + gamma * (1 - done) * torch.min(*q_target(s_next, a_next))
+
+
 def cql_regulariser(q_data: torch.Tensor, q_other: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Eq. 11 in its CQL(H) form: E_s[logsumexp_j Q(s, a_j)] - E_(s,a)[Q(s, a)], where q_other
     (n, B, K) holds Q at the random and policy actions and q_data (B, K) Q at the data action."""
@@ -85,67 +115,61 @@ def policy_q(critic: TwinQ, s: torch.Tensor, pi_s: torch.Tensor) -> torch.Tensor
 
 
 def main(args: Args) -> dict:
+    args.lr = args.lr or DEFAULT_LR[args.tuning]
     run = Run(args, "cql")
+    K = run.model.cfg.K
     sp, model = run.sp, run.model
     norm = lambda s: (s - model.state_mean) / model.state_std  # noqa: E731
     for task in run.tasks:
         rng = run.seed(task)
+        data = run.data[task]
         policy = run.policy(task).train()
-        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
+        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
         critic = TwinQ(sp.obs_dim, sp.act_dim).to(run.device)
-        critic_target = copy.deepcopy(critic).requires_grad_(False)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+        p = data["packed"]
+        warm_up_critic(critic, critic_opt, norm(torch.as_tensor(p["states"], device=run.device)),
+                       torch.as_tensor(p["actions"], device=run.device),
+                       discounted_returns(data["trajs"], args.gamma, run.device),
+                       min(args.total_steps, 1000) if args.critic_warmup < 0 else args.critic_warmup,
+                       args.critic_batch, rng)
+        critic_target = copy.deepcopy(critic).requires_grad_(False)
 
-        def critic_step(s, a, r, done, s_next, a_next, s_reg, a_reg, a_pi) -> tuple[torch.Tensor, ...]:
-            """Eqs. 10-11: TD on transitions (s, a, r, done, s', a' = pi(s')), the regulariser on the
-            states s_reg with their data actions a_reg and policy actions a_pi (normalised states)."""
+        curve = [run.evaluate(policy, task, step=0)]  # zero-shot
+        for step in range(1, args.total_steps + 1):
+            b = sample_batch(data["packed"], K, args.batch_size, rng, run.device)
+            pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
+            s = norm(b["states"])
+            # critic (eqs. 10-11) on --critic-batch random steps whose next step is in the window: a' = pi(s') is
+            # the policy's own action there, detached (a window's last step, whose s' lies outside it, is not drawn)
+            valid = (b["mask"][:, :-1] * b["mask"][:, 1:]).flatten()
+            idx = torch.multinomial(valid, min(args.critic_batch, int(valid.sum())))
+            t = {k: b[k][:, :-1].flatten(0, 1)[idx] for k in ("actions", "rewards", "terminals")}
+            a_next = pred[:, 1:].detach().flatten(0, 1)[idx]
+            s_t, s_next = s[:, :-1].flatten(0, 1)[idx], s[:, 1:].flatten(0, 1)[idx]
             with torch.no_grad():
-                y = r + args.gamma * (1 - done) * torch.min(*critic_target(s_next, a_next))
-            q1, q2 = critic(s, a)
+                y = td_target(critic_target, t["rewards"], t["terminals"], s_next, a_next, args.gamma)
+            q1, q2 = critic(s_t, t["actions"])
             td = ((q1 - y) ** 2 + (q2 - y) ** 2).mean()
-            # the regulariser against uniform random actions and the policy's action
+            # eq. 11's regulariser on the last step of every window (one state per window), against uniform
+            # random actions and the policy's action
+            s_reg, a_reg = s[:, -1], b["actions"][:, -1]
             a_rand = torch.rand((args.num_random, *a_reg.shape), device=run.device) * 2 - 1
-            a_other = torch.cat([a_rand, a_pi.unsqueeze(0)])
+            a_other = torch.cat([a_rand, pred[:, -1].detach().unsqueeze(0)])
             q1_o, q2_o = critic(s_reg.unsqueeze(0).expand(len(a_other), *s_reg.shape), a_other)
             q1_d, q2_d = critic(s_reg, a_reg)
             ones = torch.ones_like(q1_d)
             reg = cql_regulariser(q1_d, q1_o, ones) + cql_regulariser(q2_d, q2_o, ones)
-            loss = td + args.alpha * reg
+            critic_loss = td + args.alpha * reg
             critic_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            critic_loss.backward()
             critic_opt.step()
             with torch.no_grad():
-                for p, pt in zip(critic.parameters(), critic_target.parameters()):
-                    pt.lerp_(p, args.tau)
-            return loss, td, reg
-
-        # warm-up: the critics regressed onto the data's Monte-Carlo returns, so that TD and the
-        # regulariser start from the value scale rather than from a random network
-        p = run.data[task]["packed"]
-        warm_up_critic(critic, critic_opt, (norm(torch.as_tensor(p["states"], device=run.device)),
-                                            torch.as_tensor(p["actions"], device=run.device)),
-                       run.discounted_returns(task, args.gamma), critic_warmup_steps(args.critic_warmup, args.total_steps),
-                       args.critic_batch, rng)
-        critic_target.load_state_dict(critic.state_dict())
-
-        curve = run.zero_shot(policy, task)
-        for step in range(1, args.total_steps + 1):
-            b = run.sample(task, rng)
-            pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
-            s = norm(b["states"])
-            # critic on --critic-batch random steps whose next step is in the window: a' = pi(s') there
-            valid = (b["mask"][:, :-1] * b["mask"][:, 1:]).flatten()
-            idx = torch.multinomial(valid, min(args.critic_batch, int(valid.sum())))
-            pick = lambda x: x[:, :-1].flatten(0, 1)[idx]  # noqa: E731
-            nxt = lambda x: x[:, 1:].flatten(0, 1)[idx]  # noqa: E731
-            # the regulariser on the last step of every window (one state per window)
-            s_t = pick(s)  # the critic batch's states: the critic's TD update and the policy's Q term
-            critic_loss, td, reg = critic_step(s_t, pick(b["actions"]), pick(b["rewards"]), pick(b["terminals"]),
-                                               nxt(s), nxt(pred.detach()), s[:, -1], b["actions"][:, -1],
-                                               pred[:, -1].detach())
+                for w, wt in zip(critic.parameters(), critic_target.parameters()):
+                    wt.lerp_(w, args.tau)
             # policy (eq. 12): maximise Q(s, pi(s)) on the critic batch's states, divided by its detached mean
             # magnitude (TD3+BC), plus the imitation anchor on every step (see the module doc)
-            q = policy_q(critic.requires_grad_(False), s_t, pick(pred))
+            q = policy_q(critic.requires_grad_(False), s_t, pred[:, :-1].flatten(0, 1)[idx])
             critic.requires_grad_(True)
             bc = masked_mean(((pred - b["actions"]) ** 2).mean(-1), b["mask"])
             loss = -q + args.bc_weight * bc
@@ -155,7 +179,10 @@ def main(args: Args) -> dict:
             opt.step()
             logs = {"loss": run.check(loss, step, task), "bc": bc.item(), "td": td.item(), "cql_reg": reg.item(),
                     "critic_loss": run.check(critic_loss, step, task)}
-            run.log(policy, task, step, curve, logs)  # to wandb every --log-every steps; evaluates when due
+            run.log(task, step, logs)  # to wandb every --log-every steps (--track)
+            if step % args.eval_every == 0 or step == args.total_steps:
+                curve.append(run.evaluate(policy, task, step, logs))  # validation and reporting episodes
+                run.select(policy, curve)  # keeps the parameters with the best validation score so far
         run.record(task, curve)
     return run.finish()
 

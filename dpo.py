@@ -7,7 +7,7 @@ preferring the data action a to a rejected action a_bar; pi_ref is the pretraine
 
 pi(a|s) is a Gaussian whose mean is the DT's action mu(s) and whose std is fixed (--policy-std), so
 log pi(x|s) = -|x - mu(s)|^2 / (2 std^2) + const, and pi_ref's mean mu_ref is the pretrained policy's
-action (computed once for every window of the task, Run.window_table). The paper does not say how
+action (computed once for every window of the task, ref_actions). The paper does not say how
 the rejected action a_bar is made. We take the current policy's own action, a_bar = sg(mu(s)) (the
 action it would execute, detached; self-play preference optimisation, as in SPIN): the data action
 is preferred to what the policy does now. Then the gradient in mu is
@@ -22,10 +22,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.finetune import FinetuneArgs, Run, cli, masked_mean
+from common.data import gather, masked_mean, sample_batch
+from common.flags import FinetuneArgs, cli
+from common.run import Run
+from common.tuning import DEFAULT_LR
 
 
 @dataclass
@@ -53,18 +57,37 @@ def dpo_loss(mu, ref, a, a_bar, mask, beta: float, std: float) -> torch.Tensor:
     return masked_mean(-F.logsigmoid(beta * (chosen - rejected)), mask)
 
 
+
+@torch.no_grad()
+def ref_actions(policy, packed: dict, K: int, device, batch_size: int = 256) -> torch.Tensor:
+    """pi_ref's action (N, K, act) for every K-step window of the task's data, computed once before any
+    update: window i ends at flat step i, as sample_batch's `window` indexes it, so pi_ref's actions for a
+    batch are a lookup, table[b["window"]], instead of a second forward pass per step."""
+    traj = np.repeat(np.arange(len(packed["lengths"])), packed["lengths"])
+    end = packed["timesteps"] + 1
+    out = []
+    for i in range(0, len(traj), batch_size):
+        b = gather(packed, traj[i:i + batch_size], end[i:i + batch_size], K)
+        t = {k: torch.as_tensor(v, device=device, dtype=torch.long if k == "timesteps" else torch.float32)
+             for k, v in b.items()}
+        out.append(policy(t["states"], t["actions"], t["rtg"], t["timesteps"], t["mask"]))
+    return torch.cat(out)
+
 def main(args: Args) -> dict:
+    args.lr = args.lr or DEFAULT_LR[args.tuning]
     run = Run(args, "dpo")
+    K = run.model.cfg.K
     for task in run.tasks:
         rng = run.seed(task)
+        data = run.data[task]
         # dropout off, as TRL does for DPO and PPO: log-ratios to pi_ref and pi_old must not be dropout noise
         policy = run.policy(task).eval()
-        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
-        ref_table = run.window_table(policy, task)  # pi_ref = the pretrained policy, before any update
+        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        ref_table = ref_actions(policy, data["packed"], K, run.device)  # pi_ref: the pretrained policy
 
-        curve = run.zero_shot(policy, task)
+        curve = [run.evaluate(policy, task, step=0)]  # zero-shot
         for step in range(1, args.total_steps + 1):
-            b = run.sample(task, rng)
+            b = sample_batch(data["packed"], K, args.batch_size, rng, run.device)
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             ref = ref_table[b["window"]]
             a_bar = rejected_actions(pred)
@@ -74,7 +97,10 @@ def main(args: Args) -> dict:
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
             logs = {"loss": run.check(loss, step, task)}
-            run.log(policy, task, step, curve, logs)  # to wandb every --log-every steps; evaluates when due
+            run.log(task, step, logs)  # to wandb every --log-every steps (--track)
+            if step % args.eval_every == 0 or step == args.total_steps:
+                curve.append(run.evaluate(policy, task, step, logs))  # validation and reporting episodes
+                run.select(policy, curve)  # keeps the parameters with the best validation score so far
         run.record(task, curve)
     return run.finish()
 

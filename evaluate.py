@@ -19,8 +19,9 @@ import tyro
 
 from common.cli import run as cli
 from common.envs import spec
-from common.finetune import evaluate_policy, file_sha256
+from common.files import file_sha256
 from common.model import load_pretrained
+from common.rollout import evaluate_policy
 from common.tuning import adapter_manifest, load_adapter
 
 
@@ -63,7 +64,7 @@ def main(args: Args) -> dict:
         print(f"  {k:12s} {v:9.3f}" + ("" if rec is None else f"   (the run recorded {rec:.3f})"))
     res = {"adapter": args.adapter, "task": task, "episodes": n, "threads": torch.get_num_threads(), **scores}
     if args.out:
-        from common.data import atomic_write_json
+        from common.files import atomic_write_json
 
         atomic_write_json(args.out, res)
     return res

@@ -38,7 +38,7 @@ Where we depart from the paper, and why (measured on halfcheetahvel, full tuning
   it validated below bc 1 on both envs, so the presets keep bc 1 (benchmark/results/tune).
   With A = 0 everywhere the loss is the anchor plus the KL, whose minimum lies between the data and
   pi_ref.
-pi_ref's actions for every window of the task are computed once (Run.window_table).
+pi_ref's actions for every window of the task are computed once (ref_actions).
 """
 from __future__ import annotations
 
@@ -48,7 +48,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.finetune import FinetuneArgs, Run, cli, masked_mean
+from common.data import gather, masked_mean, sample_batch
+from common.flags import FinetuneArgs, cli
+from common.run import Run
+from common.tuning import DEFAULT_LR
 
 
 @dataclass
@@ -88,20 +91,39 @@ def grpo_loss(logp, logp_old, adv, kl, mask, clip_eps: float, beta: float, bc_we
     return -masked_mean(surrogate - beta * kl + bc_weight * logp, mask)
 
 
+
+@torch.no_grad()
+def ref_actions(policy, packed: dict, K: int, device, batch_size: int = 256) -> torch.Tensor:
+    """pi_ref's action (N, K, act) for every K-step window of the task's data, computed once before any
+    update: window i ends at flat step i, as sample_batch's `window` indexes it, so pi_ref's actions for a
+    batch are a lookup, table[b["window"]], instead of a second forward pass per step."""
+    traj = np.repeat(np.arange(len(packed["lengths"])), packed["lengths"])
+    end = packed["timesteps"] + 1
+    out = []
+    for i in range(0, len(traj), batch_size):
+        b = gather(packed, traj[i:i + batch_size], end[i:i + batch_size], K)
+        t = {k: torch.as_tensor(v, device=device, dtype=torch.long if k == "timesteps" else torch.float32)
+             for k, v in b.items()}
+        out.append(policy(t["states"], t["actions"], t["rtg"], t["timesteps"], t["mask"]))
+    return torch.cat(out)
+
 def main(args: Args) -> dict:
+    args.lr = args.lr or DEFAULT_LR[args.tuning]
     run = Run(args, "grpo")
+    K = run.model.cfg.K
     for task in run.tasks:
         rng = run.seed(task)
+        data = run.data[task]
         # dropout off, as TRL does for DPO and PPO: log-ratios to pi_ref and pi_old must not be dropout noise
         policy = run.policy(task).eval()
-        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
-        ref_table = run.window_table(policy, task)  # pi_ref = the pretrained policy, before any update
-        adv_table = torch.as_tensor(group_advantages(run.data[task]["returns"]), dtype=torch.float32,
+        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        ref_table = ref_actions(policy, data["packed"], K, run.device)  # pi_ref: the pretrained policy
+        adv_table = torch.as_tensor(group_advantages(data["returns"]), dtype=torch.float32,
                                     device=run.device)
-        curve = run.zero_shot(policy, task)
+        curve = [run.evaluate(policy, task, step=0)]  # zero-shot
         for step in range(1, args.total_steps + 1):
             if (step - 1) % args.update_epochs == 0:  # a fresh batch and pi_old; else the held ones
-                b, logp_old = run.sample(task, rng), None
+                b, logp_old = sample_batch(data["packed"], K, args.batch_size, rng, run.device), None
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             logp = gaussian_logp(b["actions"], pred, args.policy_std)
             if logp_old is None:
@@ -114,7 +136,10 @@ def main(args: Args) -> dict:
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
             logs = {"loss": run.check(loss, step, task), "kl": masked_mean(kl, b["mask"]).item()}
-            run.log(policy, task, step, curve, logs)  # to wandb every --log-every steps; evaluates when due
+            run.log(task, step, logs)  # to wandb every --log-every steps (--track)
+            if step % args.eval_every == 0 or step == args.total_steps:
+                curve.append(run.evaluate(policy, task, step, logs))  # validation and reporting episodes
+                run.select(policy, curve)  # keeps the parameters with the best validation score so far
         run.record(task, curve)
     return run.finish()
 

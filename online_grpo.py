@@ -29,19 +29,48 @@ pretrained policy (offline-to-online), the KL then anchoring to it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from common.data import gather
-from common.finetune import OnlineArgs, Run, cli
-from common.rollout import online_seed, sample_episodes, subsample_steps
-from grpo import gaussian_kl, gaussian_logp, group_advantages
+from common.flags import FinetuneArgs, cli
+from common.rollout import evaluate, online_seed
+from common.run import Run
+from common.tuning import DEFAULT_LR
 
 
 @dataclass
-class Args(OnlineArgs):
+class Args(FinetuneArgs):
+    total_steps: int = 40
+    """iterations per test task: --group-size rollouts, then --update-epochs passes over their steps"""
+    eval_every: int = 10
+    """iterations between evaluations"""
+    batch_size: int = 256
+    """steps per minibatch"""
+    group_size: int = 8
+    """episodes rolled out per iteration (online_grpo: one group from one reset seed; online_ppo: a seed each)"""
+    clip_eps: float = 0.2
+    """epsilon of the clipped ratio (eqs. 5, 9)"""
+    beta: float = 0.04
+    """weight of the exact KL to the starting policy (the pretrained one, or --init-from's)"""
+    policy_std: float = 0.1
+    """fixed std of the Gaussian policy around the DT's action (exploration noise of the rollouts)"""
+    update_epochs: int = 2
+    """passes over each iteration's minibatches"""
+    minibatches: int = 4
+    """minibatches of --batch-size steps per pass, drawn once per iteration from the rollouts' steps (0: all
+    of them); bounds the update's cost (a MetaWorld group of 8 rollouts has 4,000 steps)"""
+    init_from: str = ""
+    """offline-to-online: an offline run's folder <run-dir>/<run-name> (saved with --save-model selected, the
+    default) whose selected checkpoint starts each task and anchors the KL; empty: the pretrained policy"""
+    lr_factor: float = 0.1
+    """without --lr, the learning rate is this times the tuning's offline default (on-policy updates drift
+    further per step than imitation does)"""
+
+
     offline_members: int = 0
     """offline trajectories of the task in every group (0: pure on-policy GRPO; >0: LUFFY's mixed groups)"""
     shaping_gamma: float = 0.1
@@ -58,19 +87,75 @@ def online_grpo_loss(logp, logp_old, adv, kl, offline, pi_rel, clip_eps: float, 
     return -(torch.where(offline, off, on) - beta * kl).mean()
 
 
+
+def gaussian_logp(x: torch.Tensor, mu: torch.Tensor, std: float) -> torch.Tensor:
+    """log N(x; mu, std^2 I), summed over action dimensions."""
+    return -((x - mu) ** 2).sum(-1) / (2 * std ** 2) - x.shape[-1] * math.log(std * math.sqrt(2 * math.pi))
+
+
+def gaussian_kl(mu: torch.Tensor, mu_ref: torch.Tensor, std: float) -> torch.Tensor:
+    """KL(N(mu, std^2 I) || N(mu_ref, std^2 I)) = |mu - mu_ref|^2 / (2 std^2), exact (replaces eq. 7)."""
+    return ((mu - mu_ref) ** 2).sum(-1) / (2 * std ** 2)
+
+
+def group_advantages(returns: np.ndarray) -> np.ndarray:
+    """Eq. 8: each trajectory's return normalised by the group's mean and std."""
+    return (returns - returns.mean()) / (returns.std() + 1e-8)
+
+
+@torch.no_grad()
+def sample_episodes(policy, env_name: str, task: int, seeds, n: int, target: float, K: int, std: float,
+                    gen: torch.Generator, device="cpu") -> dict:
+    """n episodes of the stochastic policy N(mu(s), std^2 I) from reset seeds `seeds` (one int: all n start
+    from it; or n of them), one model call per env step for the n (common/rollout.py's evaluate, whose act
+    samples and records each step). Returns the valid
+    steps, episode by episode in time order: the K-step windows the policy saw (states, actions, rtg,
+    timesteps, mask), the sampled `act` (before the env clips it to [-1, 1]), `mu`, `reward`, the step's
+    `episode` index and `last` (its episode's last step), plus per episode `returns` and `success`, and
+    `env_steps`."""
+    rec = []
+
+    def act(s, a, r, t, m):
+        mu = policy(s, a, r, t, m, last_only=True)
+        x = mu + std * torch.randn(mu.shape, generator=gen, device=mu.device)
+        rec.append((s.clone(), a.clone(), r.clone(), t.clone(), m.clone(), x, mu))
+        return x
+
+    seeds = [int(seeds)] * n if np.ndim(seeds) == 0 else [int(x) for x in seeds]
+    ev = evaluate(act, env_name, [task], n, [target], K, device, seeds=[seeds])
+    lengths = torch.as_tensor(ev["lengths"].reshape(n), device=device)
+    t = torch.arange(len(rec), device=device)[None]
+    valid = t < lengths[:, None]  # (n, T): each episode's steps before its end
+    out = {k: torch.stack([x[i] for x in rec], 1)[valid] for i, k in
+           enumerate(("states", "actions", "rtg", "timesteps", "mask", "act", "mu"))}
+    out["reward"] = torch.as_tensor(ev["step_rewards"], dtype=torch.float32, device=device)[valid]
+    out["episode"] = torch.arange(n, device=device)[:, None].expand(n, len(rec))[valid]
+    out["last"] = (t == lengths[:, None] - 1).expand(n, len(rec))[valid]
+    out.update(returns=ev["returns"].reshape(n), success=ev["success"].reshape(n), env_steps=int(lengths.sum()))
+    return out
+
+
+def subsample_steps(n: int, batch_size: int, minibatches: int, gen: torch.Generator, device="cpu") -> torch.Tensor:
+    """Indices of minibatches x batch_size distinct steps out of an iteration's n (all n when minibatches is 0
+    or they would cover n), in random order: the online scripts draw them once per iteration and reshuffle
+    them into minibatches on every pass, so the update's cost does not grow with the rollouts' length."""
+    perm = torch.randperm(n, generator=gen, device=device)
+    return perm if minibatches == 0 else perm[:minibatches * batch_size]
+
 def main(args: Args) -> dict:
     if args.group_size + args.offline_members < 2 or args.offline_members > args.num_trajs:
         raise ValueError(f"a group needs 2 or more members and at most --num-trajs offline ones; got --group-size "
                          f"{args.group_size}, --offline-members {args.offline_members}, --num-trajs {args.num_trajs}")
+    args.lr = args.lr or DEFAULT_LR[args.tuning] * args.lr_factor
     run = Run(args, ("online_grpo" if args.offline_members == 0 else "online_grpo_mixed")
               + ("_from_offline" if args.init_from else ""))
     for task in run.tasks:
         rng = run.seed(task)
         gen = torch.Generator(device=run.device).manual_seed(args.seed * 1000 + task)
         policy, ref = run.policy(task).eval(), run.policy(task).eval()  # ref: the starting policy, frozen
-        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
+        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
         p, K, target = run.data[task]["packed"], run.model.cfg.K, run.data[task]["target"]
-        curve, env_steps = run.zero_shot(policy, task), 0
+        curve, env_steps = [run.evaluate(policy, task, step=0)], 0
         for it in range(1, args.total_steps + 1):
             g = sample_episodes(policy, args.env, task, online_seed(task, it), args.group_size, target, K,
                                 args.policy_std, gen, run.device)
@@ -113,7 +198,10 @@ def main(args: Args) -> dict:
                     opt.step()
             logs = {"loss": run.check(loss, it, task), "kl": kl.mean().item(),
                     "group_return": float(np.mean(returns[:args.group_size])), "env_steps": env_steps}
-            run.log(policy, task, it, curve, logs)  # to wandb every --log-every iterations; evaluates when due
+            run.log(task, it, logs)  # to wandb every --log-every iterations (--track)
+            if it % args.eval_every == 0 or it == args.total_steps:
+                curve.append(run.evaluate(policy, task, it, logs))  # validation and reporting episodes
+                run.select(policy, curve)  # keeps the parameters with the best validation score so far
         run.record(task, curve)
     return run.finish()
 

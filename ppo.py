@@ -35,7 +35,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common.finetune import FinetuneArgs, Run, cli, critic_warmup_steps, masked_mean, warm_up_critic
+from common.data import masked_mean, returns_to_go, sample_batch
+from common.flags import FinetuneArgs, cli
+from common.run import Run
+from common.tuning import DEFAULT_LR
 
 
 @dataclass
@@ -81,6 +84,25 @@ def gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, termin
     return adv
 
 
+def discounted_returns(trajs: list[dict], gamma: float, device) -> torch.Tensor:
+    """Monte-Carlo discounted return-to-go of every step of the data (flat, in pack order): the behaviour
+    policy's V(s), the critic's warm-up target. A timeout's tail is not bootstrapped."""
+    g = np.concatenate([returns_to_go(t["rewards"], gamma) for t in trajs])
+    return torch.as_tensor(g, dtype=torch.float32, device=device)
+
+
+def warm_up_value(critic: nn.Module, opt, s: torch.Tensor, returns: torch.Tensor, steps: int, batch_size: int,
+                  rng: np.random.Generator) -> None:
+    """Where we add to the paper: V regressed onto the data's Monte-Carlo returns for `steps` minibatches of
+    random steps, so that the first advantages are not those of a random network."""
+    for _ in range(steps):
+        j = torch.as_tensor(rng.integers(0, len(returns), batch_size), device=returns.device)
+        loss = ((critic(s[j]).squeeze(-1) - returns[j]) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def ppo_loss(logp, logp_old, adv, mask, clip_eps: float, bc_weight: float) -> torch.Tensor:
     """Eq. 9 plus the imitation anchor, averaged over the valid steps of the windows."""
     ratio = torch.exp((logp - logp_old).clamp(-20, 20))  # the clamp only guards exp against overflow
@@ -89,18 +111,21 @@ def ppo_loss(logp, logp_old, adv, mask, clip_eps: float, bc_weight: float) -> to
 
 
 def main(args: Args) -> dict:
+    args.lr = args.lr or DEFAULT_LR[args.tuning]
     run = Run(args, "ppo")
+    K = run.model.cfg.K
     sp, model = run.sp, run.model
     norm = lambda s: (s - model.state_mean) / model.state_std  # noqa: E731
     for task in run.tasks:
         rng = run.seed(task)
+        data = run.data[task]
         # dropout off, as TRL does for DPO and PPO: log-ratios to pi_ref and pi_old must not be dropout noise
         policy = run.policy(task).eval()
-        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
+        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
         critic = nn.Sequential(nn.Linear(sp.obs_dim, 256), nn.Mish(), nn.Linear(256, 256), nn.Mish(),
                                nn.Linear(256, 256), nn.Mish(), nn.Linear(256, 1)).to(run.device)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
-        p = run.data[task]["packed"]
+        p = data["packed"]
         states, next_states = (torch.as_tensor(p[k], device=run.device) for k in ("states", "next_states"))
 
         def gae_tables() -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,16 +137,16 @@ def main(args: Args) -> dict:
             f32 = dict(dtype=torch.float32, device=run.device)
             return torch.as_tensor(a, **f32), torch.as_tensor(a + v, **f32)
 
-        warm_up_critic(critic, critic_opt, (norm(states),), run.discounted_returns(task, args.gamma),
-                       critic_warmup_steps(args.critic_warmup, args.total_steps), 256, rng)
+        warm_up_value(critic, critic_opt, norm(states), discounted_returns(data["trajs"], args.gamma, run.device),
+                      min(args.total_steps, 1000) if args.critic_warmup < 0 else args.critic_warmup, 256, rng)
         adv_all, ret_all = gae_tables()
 
-        curve = run.zero_shot(policy, task)
+        curve = [run.evaluate(policy, task, step=0)]  # zero-shot
         for step in range(1, args.total_steps + 1):
             if step % args.gae_every == 0:
                 adv_all, ret_all = gae_tables()
             if (step - 1) % args.update_epochs == 0:  # a fresh batch, its advantages and pi_old; else the held ones
-                b, logp_old = run.sample(task, rng), None
+                b, logp_old = sample_batch(data["packed"], K, args.batch_size, rng, run.device), None
                 adv, m = adv_all[b["index"]], b["mask"].bool()
                 adv = (adv - adv[m].mean()) / (adv[m].std() + 1e-8)  # normalised per batch, as in PPO
             # critic: regression onto the lambda-returns
@@ -141,7 +166,10 @@ def main(args: Args) -> dict:
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), args.grad_clip)
             opt.step()
             logs = {"loss": run.check(loss, step, task), "critic_loss": run.check(critic_loss, step, task)}
-            run.log(policy, task, step, curve, logs)  # to wandb every --log-every steps; evaluates when due
+            run.log(task, step, logs)  # to wandb every --log-every steps (--track)
+            if step % args.eval_every == 0 or step == args.total_steps:
+                curve.append(run.evaluate(policy, task, step, logs))  # validation and reporting episodes
+                run.select(policy, curve)  # keeps the parameters with the best validation score so far
         run.record(task, curve)
     return run.finish()
 

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.data import (atomic_torch_save, atomic_write_json, load_trajectories, lock_folder, pack, sample_prompts,
-                         sample_windows, state_stats)
-from common.envs import spec
 from common.cli import run as cli
+from common.data import load_trajectories, pack, sample_prompts, sample_windows, state_stats
+from common.envs import spec
+from common.files import atomic_torch_save, atomic_write_json, lock_folder
 from common.model import ModelConfig, PromptDT, num_params
 from common.rollout import evaluate, task_prompt_and_target
 

@@ -18,11 +18,15 @@ import copy
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.finetune import FinetuneArgs, Run, cli, critic_warmup_steps, masked_mean, warm_up_critic
+from common.data import gather, masked_mean, returns_to_go, sample_batch
+from common.flags import FinetuneArgs, cli
+from common.run import Run
+from common.tuning import DEFAULT_LR
 
 
 @dataclass
@@ -83,6 +87,27 @@ class TwinQ(nn.Module):
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
+def discounted_returns(trajs: list[dict], gamma: float, device) -> torch.Tensor:
+    """Monte-Carlo discounted return-to-go of every step of the data (flat, in pack order): the behaviour
+    policy's Q(s, a), the critics' warm-up target. A timeout's tail is not bootstrapped."""
+    g = np.concatenate([returns_to_go(t["rewards"], gamma) for t in trajs])
+    return torch.as_tensor(g, dtype=torch.float32, device=device)
+
+
+def warm_up_critic(critic: TwinQ, opt, s: torch.Tensor, a: torch.Tensor, returns: torch.Tensor, steps: int,
+                   batch_size: int, rng: np.random.Generator) -> None:
+    """Where we add to the paper (it gives no critic schedule): both Qs regressed onto the data's Monte-Carlo
+    returns for `steps` minibatches of random steps, so that TD starts on the value scale instead of from a
+    random network (as QT regresses its critic on the returns before bootstrapping)."""
+    for _ in range(steps):
+        j = torch.as_tensor(rng.integers(0, len(returns), batch_size), device=returns.device)
+        q1, q2 = critic(s[j], a[j])
+        loss = ((q1 - returns[j]) ** 2).mean() + ((q2 - returns[j]) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def td_target(q_target: TwinQ, r, done, s_next, a_next, gamma: float) -> torch.Tensor:
     """Eq. 16: r + gamma * min_i Q'_i(s', a^), no bootstrap after a true termination."""
     return r + gamma * (1 - done) * torch.min(*q_target(s_next, a_next))
@@ -102,28 +127,48 @@ def q_term(q: TwinQ, s: torch.Tensor, pi_s: torch.Tensor, mask: torch.Tensor) ->
     return masked_mean(qv, mask) / masked_mean(qv.abs(), mask).detach().clamp_min(1e-6)
 
 
+
+@torch.no_grad()
+def ref_actions(policy, packed: dict, K: int, device, batch_size: int = 256) -> torch.Tensor:
+    """pi_ref's action (N, K, act) for every K-step window of the task's data, computed once before any
+    update: window i ends at flat step i, as sample_batch's `window` indexes it, so pi_ref's actions for a
+    batch are a lookup, table[b["window"]], instead of a second forward pass per step."""
+    traj = np.repeat(np.arange(len(packed["lengths"])), packed["lengths"])
+    end = packed["timesteps"] + 1
+    out = []
+    for i in range(0, len(traj), batch_size):
+        b = gather(packed, traj[i:i + batch_size], end[i:i + batch_size], K)
+        t = {k: torch.as_tensor(v, device=device, dtype=torch.long if k == "timesteps" else torch.float32)
+             for k, v in b.items()}
+        out.append(policy(t["states"], t["actions"], t["rtg"], t["timesteps"], t["mask"]))
+    return torch.cat(out)
+
 def main(args: Args) -> dict:
+    args.lr = args.lr or DEFAULT_LR[args.tuning]
     run = Run(args, "qp_dpo")
+    K = run.model.cfg.K
     sp, model = run.sp, run.model
     norm = lambda s: (s - model.state_mean) / model.state_std  # noqa: E731
     for task in run.tasks:
         rng = run.seed(task)
+        data = run.data[task]
         # dropout off, as TRL does for DPO and PPO: log-ratios to pi_ref and pi_old must not be dropout noise
         policy = run.policy(task).eval()
-        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
-        ref_table = run.window_table(policy, task)  # pi_ref = the pretrained policy, before any update
+        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        ref_table = ref_actions(policy, data["packed"], K, run.device)  # pi_ref: the pretrained policy
         critic = TwinQ(sp.obs_dim, sp.act_dim).to(run.device)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
-        p = run.data[task]["packed"]
-        warm_up_critic(critic, critic_opt, (norm(torch.as_tensor(p["states"], device=run.device)),
-                                            torch.as_tensor(p["actions"], device=run.device)),
-                       run.discounted_returns(task, args.gamma), critic_warmup_steps(args.critic_warmup, args.total_steps),
+        p = data["packed"]
+        warm_up_critic(critic, critic_opt, norm(torch.as_tensor(p["states"], device=run.device)),
+                       torch.as_tensor(p["actions"], device=run.device),
+                       discounted_returns(data["trajs"], args.gamma, run.device),
+                       min(args.total_steps, 1000) if args.critic_warmup < 0 else args.critic_warmup,
                        args.critic_batch, rng)
         critic_target = copy.deepcopy(critic).requires_grad_(False)
 
-        curve = run.zero_shot(policy, task)
+        curve = [run.evaluate(policy, task, step=0)]  # zero-shot
         for step in range(1, args.total_steps + 1):
-            b = run.sample(task, rng)
+            b = sample_batch(data["packed"], K, args.batch_size, rng, run.device)
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             # critic (eqs. 15-16) on --critic-batch random steps whose next step is in the window (or that
             # end the episode): a^ = pi_theta'(s') is the policy's own action there, detached
@@ -160,7 +205,10 @@ def main(args: Args) -> dict:
             opt.step()
             logs = {"loss": run.check(loss, step, task), "dpo": pref.item(), "q": q.item(),
                     "critic_loss": run.check(critic_loss, step, task)}
-            run.log(policy, task, step, curve, logs)  # to wandb every --log-every steps; evaluates when due
+            run.log(task, step, logs)  # to wandb every --log-every steps (--track)
+            if step % args.eval_every == 0 or step == args.total_steps:
+                curve.append(run.evaluate(policy, task, step, logs))  # validation and reporting episodes
+                run.select(policy, curve)  # keeps the parameters with the best validation score so far
         run.record(task, curve)
     return run.finish()
 

@@ -14,18 +14,23 @@ steps where the returns-to-go average -24). The target action a^ = pi_theta'(s')
 action at the next step of the same window, detached: the forward pass the policy loss needs
 anyway gives it for free (a snapshot table of the whole dataset cost as much as 60 steps of
 training on metaworld). --max-target uses the max over sampled actions around a^ instead (the
-paper's Table 6 ablation). Each test task is adapted separately from the pretrained weights.
+paper's Table 6 ablation). Each task is adapted separately from the pretrained weights; the history
+of these choices is in docs/design.md.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.finetune import FinetuneArgs, Run, cli, critic_warmup_steps, masked_mean, warm_up_critic
+from common.data import masked_mean, returns_to_go, sample_batch
+from common.flags import FinetuneArgs, cli
+from common.run import Run
+from common.tuning import DEFAULT_LR
 
 
 @dataclass
@@ -69,6 +74,27 @@ class TwinQ(nn.Module):
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
+def discounted_returns(trajs: list[dict], gamma: float, device) -> torch.Tensor:
+    """Monte-Carlo discounted return-to-go of every step of the data (flat, in pack order): the behaviour
+    policy's Q(s, a), the critics' warm-up target. A timeout's tail is not bootstrapped."""
+    g = np.concatenate([returns_to_go(t["rewards"], gamma) for t in trajs])
+    return torch.as_tensor(g, dtype=torch.float32, device=device)
+
+
+def warm_up_critic(critic: TwinQ, opt, s: torch.Tensor, a: torch.Tensor, returns: torch.Tensor, steps: int,
+                   batch_size: int, rng: np.random.Generator) -> None:
+    """Where we add to the paper (it gives no critic schedule): both Qs regressed onto the data's Monte-Carlo
+    returns for `steps` minibatches of random steps, so that TD starts on the value scale instead of from a
+    random network (as QT regresses its critic on the returns before bootstrapping)."""
+    for _ in range(steps):
+        j = torch.as_tensor(rng.integers(0, len(returns), batch_size), device=returns.device)
+        q1, q2 = critic(s[j], a[j])
+        loss = ((q1 - returns[j]) ** 2).mean() + ((q2 - returns[j]) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def td_target(q_target: TwinQ, r, done, s_next, a_next, gamma: float) -> torch.Tensor:
     """Eq. 16: r + gamma * min_i Q'_i(s', a^), no bootstrap after a true termination."""
     return r + gamma * (1 - done) * torch.min(*q_target(s_next, a_next))
@@ -89,25 +115,29 @@ def q_term(q: TwinQ, s: torch.Tensor, pi_s: torch.Tensor, mask: torch.Tensor) ->
 
 
 def main(args: Args) -> dict:
+    args.lr = args.lr or DEFAULT_LR[args.tuning]
     run = Run(args, "qp_sft")
+    K = run.model.cfg.K
     sp, model = run.sp, run.model
     norm = lambda s: (s - model.state_mean) / model.state_std  # noqa: E731
     for task in run.tasks:
         rng = run.seed(task)
+        data = run.data[task]
         policy = run.policy(task).train()
-        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=run.lr, weight_decay=args.weight_decay)
+        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
         critic = TwinQ(sp.obs_dim, sp.act_dim).to(run.device)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
-        p = run.data[task]["packed"]
-        warm_up_critic(critic, critic_opt, (norm(torch.as_tensor(p["states"], device=run.device)),
-                                            torch.as_tensor(p["actions"], device=run.device)),
-                       run.discounted_returns(task, args.gamma), critic_warmup_steps(args.critic_warmup, args.total_steps),
+        p = data["packed"]
+        warm_up_critic(critic, critic_opt, norm(torch.as_tensor(p["states"], device=run.device)),
+                       torch.as_tensor(p["actions"], device=run.device),
+                       discounted_returns(data["trajs"], args.gamma, run.device),
+                       min(args.total_steps, 1000) if args.critic_warmup < 0 else args.critic_warmup,
                        args.critic_batch, rng)
         critic_target = copy.deepcopy(critic).requires_grad_(False)
 
-        curve = run.zero_shot(policy, task)
+        curve = [run.evaluate(policy, task, step=0)]  # zero-shot
         for step in range(1, args.total_steps + 1):
-            b = run.sample(task, rng)
+            b = sample_batch(data["packed"], K, args.batch_size, rng, run.device)
             pred = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
             # critic (eqs. 15-16) on --critic-batch random steps whose next step is in the window (or that
             # end the episode): a^ = pi_theta'(s') is the policy's own action there, detached
@@ -142,10 +172,12 @@ def main(args: Args) -> dict:
             opt.step()
             logs = {"loss": run.check(loss, step, task), "bc": bc.item(), "q": q.item(),
                     "critic_loss": run.check(critic_loss, step, task)}
-            run.log(policy, task, step, curve, logs)  # to wandb every --log-every steps; evaluates when due
+            run.log(task, step, logs)  # to wandb every --log-every steps (--track)
+            if step % args.eval_every == 0 or step == args.total_steps:
+                curve.append(run.evaluate(policy, task, step, logs))  # validation and reporting episodes
+                run.select(policy, curve)  # keeps the parameters with the best validation score so far
         run.record(task, curve)
     return run.finish()
-
 
 if __name__ == "__main__":
     cli(main, Args)

@@ -12,7 +12,6 @@ Prints a markdown table and writes it with the raw numbers to --out (JSON).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,9 +23,10 @@ from scipy import stats
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from common.data import atomic_write_json, load_behaviour, load_trajectories, pack, sample_windows  # noqa: E402
+from common.data import load_behaviour, load_trajectories, pack, sample_windows  # noqa: E402
+from common.files import atomic_write_json  # noqa: E402
 from common.envs import spec  # noqa: E402
-from common.finetune import DEFAULT_LR  # noqa: E402
+from common.tuning import DEFAULT_LR  # noqa: E402
 from common.model import default_checkpoint, load_pretrained  # noqa: E402
 from common.rollout import eval_seeds, evaluate, task_prompt_and_target  # noqa: E402
 from common.tuning import TunedPolicy  # noqa: E402

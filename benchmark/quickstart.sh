@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline at a reduced scale on a fresh machine (about 15 minutes on 2 CPU cores):
+# The whole pipeline at a reduced scale on a fresh machine (about 13 minutes on 2 idle CPU cores):
 #   1. collect halfcheetahvel datasets (QS_TRAJS trajectories per task and quality, committed behaviour policy)
 #   2. pretrain Prompt-DT on the 45 pretraining tasks (QS_PRETRAIN_STEPS steps)
 #   3. finetune with SFT and QP-SFT, full-model tuning, on the 5 test tasks (zero-shot is their step 0)

@@ -58,7 +58,7 @@ def result_path(cmd: list[str]) -> str | None:
     if "run_name" in flags:
         name = flags["run_name"]
     else:  # the scripts' own default name, made by the same function
-        from common.finetune import run_name
+        from common.run import run_name
 
         kw = {k: flags[k] for k in ("env", "tuning", "quality") if k in flags}
         try:

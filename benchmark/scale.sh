@@ -23,7 +23,7 @@ WORKERS=${WORKERS:-2}
 RUN_FLAGS=${RUN_FLAGS:-}  # more flags for benchmark/run.py, e.g. "--executor slurm --partition gpu --gpus-per-task 1"
 DRY_RUN=${DRY_RUN:-0}
 # the lists of algorithms and tunings come from their one source in the Python code
-NAMES=$($PY -c "from common.finetune import ALGOS; from common.tuning import TUNINGS; print(' '.join(ALGOS) + '|' + ' '.join(TUNINGS))")
+NAMES=$($PY -c "from common.flags import ALGOS; from common.tuning import TUNINGS; print(' '.join(ALGOS) + '|' + ' '.join(TUNINGS))")
 ALL_ALGOS=${NAMES%%|*}
 ALL_TUNINGS=${NAMES##*|}
 case "$SCALE" in

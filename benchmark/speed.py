@@ -151,7 +151,7 @@ def algo_speed(args: Args) -> None:
     import importlib
     import tempfile
 
-    from common.finetune import ALGOS
+    from common.flags import ALGOS
 
     times = {a: [] for a in ALGOS}
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,7 @@ every command). halfcheetahdir has no validation task: it takes halfcheetahvel's
 Per (env, tuning), three stages, each a list of finetuning runs made through benchmark/run.py (so a
 killed search continues where it stopped) of --steps steps on the env's first two validation tasks
 (TUNE_TASKS), seed 1, expert data, 50 trajectories:
-1. the learning rate, with SFT: LR_FACTORS x the tuning's default (common/finetune.py DEFAULT_LR);
+1. the learning rate, with SFT: LR_FACTORS x the tuning's default (common/tuning.py DEFAULT_LR);
 2. at that learning rate, each method's own weight (GRID: two or three values, the script's default first);
 3. QP-DPO's alpha at the beta DPO chose (QP-DPO is DPO plus the Q term, eq. 14).
 Budget: 3 + 4 x 2 + 2 x 3 = 17 points x 2 tasks = 34 task-runs of --steps steps per env and tuning.
@@ -33,7 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from common.envs import spec  # noqa: E402
-from common.finetune import DEFAULT_LR, PRESETS_PATH, load_presets  # noqa: E402
+from common.flags import PRESETS_PATH, load_presets  # noqa: E402
+from common.tuning import DEFAULT_LR  # noqa: E402
 from common.rollout import EVAL_EPISODES  # noqa: E402
 from common.tuning import TUNINGS  # noqa: E402
 

@@ -13,16 +13,14 @@ metadata: episode_returns, episode_success, seeds; and env, task, param, quality
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import tempfile
-import weakref
 import zipfile
 
 import numpy as np
+import torch
 
 from common.envs import spec
+from common.files import atomic_torch_save, atomic_write
 
 QUALITIES = ("medium", "expert")
 FIELDS = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")
@@ -44,67 +42,6 @@ def save_trajectories(path: str, trajs: list[dict], **meta) -> None:
     for k in ("observations", "next_observations", "actions", "rewards"):
         flat[k] = flat[k].astype(np.float32)
     atomic_write(path, lambda f: np.savez_compressed(f, **flat, **{k: np.asarray(v) for k, v in meta.items()}))
-
-
-def atomic_write(path: str, write, mode: str = "wb") -> None:
-    """write(f) into a temporary file of a unique name beside path, then rename it to path: a killed or
-    a concurrent writer leaves the old file or a whole new one, never half of one, and two writers
-    never share a temporary file."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared results private
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def lock_folder(folder: str, what: str):
-    """Create folder and hold an exclusive lock on folder/.lock for as long as the returned file is open
-    (the OS drops it when the process dies, so a killed run never leaves a stale lock). Raises a
-    one-line error when the folder cannot be written or another process holds the lock."""
-    import fcntl
-
-    try:
-        os.makedirs(folder, exist_ok=True)
-        f = open(os.path.join(folder, ".lock"), "w")
-    except OSError as e:
-        raise ValueError(f"cannot write into {folder} ({e.strerror}); choose a writable --run-dir") from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise RuntimeError(f"another process is running {folder}; wait for it to finish, or {what}") from None
-    # a run that ends in an error or Ctrl-C leaves no .lock file behind: when the lock is dropped (garbage
-    # collected, or at exit) its file is removed, if it is still this lock's file and not a newer run's
-    weakref.finalize(f, _drop_lock, f.name, os.fstat(f.fileno()).st_ino)
-    return f
-
-
-def _drop_lock(path: str, inode: int) -> None:
-    with contextlib.suppress(OSError):
-        if os.stat(path).st_ino == inode:
-            os.unlink(path)
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write(path, lambda f: json.dump(obj, f, indent=1), "w")
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """torch.save, written atomically (see atomic_write)."""
-    import torch
-
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 BEHAVIOUR_ARRAYS = ("random_return", "expert_return", "medium_eps")  # per task, NaN where not calibrated yet
@@ -242,6 +179,32 @@ def sample_windows(trajs: list[dict] | dict, K: int, batch_size: int, rng: np.ra
     out["traj"] = ti
     out["window"] = p["starts"][ti] + end - 1  # flat index of the window's last step: one window per step
     return out
+
+
+def sample_batch(packed: dict, K: int, batch_size: int, rng: np.random.Generator, device) -> dict[str, torch.Tensor]:
+    """The finetuning scripts' batch: batch_size random K-step windows of a task's pack()ed data (sample_windows),
+    as tensors on device. The contract every script relies on (B windows of K steps):
+    - states (B, K, obs), actions (B, K, act), rewards, rtg (B, K), timesteps (B, K) long: the window's steps in
+      time order, left-padded with zeros where it reaches before its trajectory's start;
+    - mask (B, K): 1 on real steps, 0 on padding; a loss averages over it (masked_mean);
+    - next_states (B, K, obs), terminals (B, K): each step's successor state and whether the env terminated
+      there (a true termination, not a timeout: bootstrap unless terminals is 1). The next step of step k is
+      step k + 1 of the same window when mask[:, k + 1] is 1; the window's last step has it outside;
+    - has_next (B, K): 0 at a trajectory's last step;
+    - index (B, K) long: each step's flat (pack) index, for per-step tables (PPO's advantages); padding points
+      at the trajectory's first step;
+    - window (B,) long: the flat index of the window's last step; the data hold one window per step, so a
+      table over every window (a frozen policy's actions: pi_ref) is looked up by it;
+    - traj (B,) long: the window's trajectory (GRPO's per-trajectory advantage)."""
+    b = sample_windows(packed, K, batch_size, rng)
+    return {k: torch.as_tensor(v, device=device,
+                               dtype=torch.long if k in ("timesteps", "traj", "window", "index") else torch.float32)
+            for k, v in b.items()}
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the valid (mask 1) steps of a batch of windows."""
+    return (x * mask).sum() / mask.sum()
 
 
 def sample_prompts(packed: dict, traj: np.ndarray, length: int, rng: np.random.Generator) -> dict:

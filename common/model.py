@@ -206,3 +206,9 @@ def pretrain_tasks(ck: dict, env: str) -> tuple[int, ...]:
         return tuple(int(t) for t in ck["pretrain_tasks"])
     sp = spec(env)
     return tuple(t for t in range(min(NUM_TASKS, sp.num_tasks)) if t not in sp.test_tasks or t in sp.train_tasks)
+
+
+def seen_in_pretraining(tasks, pretrain_tasks, sp) -> list[int]:
+    """The tasks of `tasks` a checkpoint was pretrained on though the split keeps them out of pretraining
+    (halfcheetahdir's two tasks are pretraining and test tasks by design, as in Prompt-DT)."""
+    return [t for t in tasks if t in pretrain_tasks and t not in sp.train_tasks]

@@ -19,6 +19,7 @@ import torch
 
 from common.data import trajectory_prompt
 from common.envs import TaskEnv, VecEnv, spec
+from common.files import atomic_write
 
 EVAL_SEED = 9_000_000  # reporting episodes
 VAL_SEED = 8_000_000  # validation episodes: selection only
@@ -99,9 +100,57 @@ def evaluate(act, env_name: str, tasks, episodes: int, targets, K: int, device="
             "step_rewards": np.stack(rewards, 1)}  # (B, steps run): each env's reward per step, 0 after its end
 
 
+@torch.no_grad()
+def evaluate_policy(policy, env: str, task: int, target: float, episodes: int, device) -> dict:
+    """Mean return (and MetaWorld success) of a TunedPolicy (in eval mode) on the task's reporting episodes
+    and, under val_*, on its validation episodes: both sets stepped together, one model call per env step.
+    With more than one episode also the per-episode sd (return_sd, val_return_sd): the report's half-widths."""
+    act = lambda s, a, r, t, m: policy(s, a, r, t, m, last_only=True)  # noqa: E731
+    ev = evaluate(act, env, [task, task], episodes, [target, target], policy.model.cfg.K, device,
+                  seeds=[eval_seeds(task, episodes, "test"), eval_seeds(task, episodes, "val")])
+    out = {"return": float(ev["returns"][0].mean()), "val_return": float(ev["returns"][1].mean())}
+    if env == "metaworld":
+        out.update(success=float(ev["success"][0].mean()), val_success=float(ev["success"][1].mean()))
+    if episodes > 1:
+        out.update(return_sd=float(ev["returns"][0].std(ddof=1)), val_return_sd=float(ev["returns"][1].std(ddof=1)))
+    return out
+
+
+def selection_key(point: dict) -> tuple:
+    """What selection maximises at an evaluation: validation success then return (MetaWorld), or return."""
+    return (point["val_success"], point["val_return"]) if "val_success" in point else (point["val_return"],)
+
+
+def summarise(curve: list[dict], success: bool = False) -> dict:
+    """A task's zero-shot, selected, best and final scores from its evaluation curve (see common/run.py).
+    Selection looks only at the validation episodes; every reported number is a reporting score."""
+    sel = max(curve[1:], key=selection_key)  # the first of equals, as the adapter Run.select keeps
+    best = max(curve[1:], key=lambda c: (c["success"], c["return"]) if success else c["return"])
+    out = {"zero_shot": curve[0]["return"], "selected": sel["return"], "best": best["return"],
+           "final": curve[-1]["return"], "selected_step": sel["step"], "selected_val": sel["val_return"],
+           "curve": curve}
+    if success:
+        out.update(zero_shot_success=curve[0]["success"], selected_success=sel["success"],
+                   best_success=best["success"], final_success=curve[-1]["success"])
+    return out
+
+
 def render_episode(act, env_name: str, task: int, seed: int, target: float, K: int, device="cpu") -> list:
     """The RGB frames of one episode of act on task from reset seed `seed` (a video of what evaluate runs)."""
     return evaluate(act, env_name, [task], 1, [target], K, device, seeds=[[seed]], render=True)["frames"]
+
+
+@torch.no_grad()
+def save_video(policy, env: str, task: int, target: float, device, path: str) -> None:
+    """The first reporting episode of a TunedPolicy, rendered, as a GIF at path (--capture-video)."""
+    import imageio.v3 as iio
+
+    was_training = policy.training
+    policy.eval()
+    act = lambda s, a, r, t, m: policy(s, a, r, t, m, last_only=True)  # noqa: E731
+    frames = render_episode(act, env, task, int(eval_seeds(task, 1, "test")[0]), target, policy.model.cfg.K, device)
+    policy.train(was_training)
+    atomic_write(path, lambda f: iio.imwrite(f, frames[::2], extension=".gif", duration=40, loop=0))
 
 
 def check_rendering(env_name: str) -> None:
@@ -142,42 +191,3 @@ ONLINE_SEED = 7_000_000  # online finetuning's rollouts: disjoint from the data'
 def online_seed(task: int, iteration: int) -> int:
     """Reset seed of a task's online rollout group `iteration` (every member of a group starts from it)."""
     return ONLINE_SEED + 10_000 * task + iteration
-
-
-@torch.no_grad()
-def sample_episodes(policy, env_name: str, task: int, seeds, n: int, target: float, K: int, std: float,
-                    gen: torch.Generator, device="cpu") -> dict:
-    """n episodes of the stochastic policy N(mu(s), std^2 I) from reset seeds `seeds` (one int: all n start
-    from it; or n of them), one model call per env step for the n, for online finetuning. Returns the valid
-    steps, episode by episode in time order: the K-step windows the policy saw (states, actions, rtg,
-    timesteps, mask), the sampled `act` (before the env clips it to [-1, 1]), `mu`, `reward`, the step's
-    `episode` index and `last` (its episode's last step), plus per episode `returns` and `success`, and
-    `env_steps`."""
-    rec = []
-
-    def act(s, a, r, t, m):
-        mu = policy(s, a, r, t, m, last_only=True)
-        x = mu + std * torch.randn(mu.shape, generator=gen, device=mu.device)
-        rec.append((s.clone(), a.clone(), r.clone(), t.clone(), m.clone(), x, mu))
-        return x
-
-    seeds = [int(seeds)] * n if np.ndim(seeds) == 0 else [int(x) for x in seeds]
-    ev = evaluate(act, env_name, [task], n, [target], K, device, seeds=[seeds])
-    lengths = torch.as_tensor(ev["lengths"].reshape(n), device=device)
-    t = torch.arange(len(rec), device=device)[None]
-    valid = t < lengths[:, None]  # (n, T): each episode's steps before its end
-    out = {k: torch.stack([x[i] for x in rec], 1)[valid] for i, k in
-           enumerate(("states", "actions", "rtg", "timesteps", "mask", "act", "mu"))}
-    out["reward"] = torch.as_tensor(ev["step_rewards"], dtype=torch.float32, device=device)[valid]
-    out["episode"] = torch.arange(n, device=device)[:, None].expand(n, len(rec))[valid]
-    out["last"] = (t == lengths[:, None] - 1).expand(n, len(rec))[valid]
-    out.update(returns=ev["returns"].reshape(n), success=ev["success"].reshape(n), env_steps=int(lengths.sum()))
-    return out
-
-
-def subsample_steps(n: int, batch_size: int, minibatches: int, gen: torch.Generator, device="cpu") -> torch.Tensor:
-    """Indices of minibatches x batch_size distinct steps out of an iteration's n (all n when minibatches is 0
-    or they would cover n), in random order: the online scripts draw them once per iteration and reshuffle
-    them into minibatches on every pass, so the update's cost does not grow with the rollouts' length."""
-    perm = torch.randperm(n, generator=gen, device=device)
-    return perm if minibatches == 0 else perm[:minibatches * batch_size]

@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from common.model import PromptDT
 
 TUNINGS = ("prompt", "lora", "decorator", "full")
+# Each tuning's default learning rate (a script's --lr when neither the flag nor a preset sets it): the fewer
+# parameters a tuning trains, the larger the step they need.
+DEFAULT_LR = {"prompt": 1e-2, "lora": 1e-3, "decorator": 3e-4, "full": 1e-4}
 
 
 class LoRALinear(nn.Module):
@@ -131,7 +134,7 @@ def save_adapter(path: str, state: dict[str, torch.Tensor], manifest: dict) -> N
     last, so a manifest always has its tensors."""
     from safetensors.torch import save
 
-    from common.data import atomic_write, atomic_write_json
+    from common.files import atomic_write, atomic_write_json
 
     atomic_write(path, lambda f: f.write(save(state, metadata={"format": "pt"})))
     atomic_write_json(path[:-len(".safetensors")] + ".json", manifest)

@@ -1,12 +1,22 @@
+"""What the tests share: the project root on the path, one torch thread, fake datasets with the envs' real
+dimensions, and the tiny pretrained model with its data (the `setup` fixture) that the finetuning tests run on."""
+import importlib
 import os
 import sys
 
+import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 torch.set_num_threads(1)
 
 import numpy as np  # noqa: E402
+
+from common.envs import spec  # noqa: E402
+
+ENV = "halfcheetahvel"  # the fastest env: every finetuning test runs on it
+TASK = spec(ENV).test_tasks[0]
 
 
 def make_fake_data(data_dir, env: str, tasks, n_trajs: int = 3, length: int = 40, quality: str = "expert", seed: int = 0):
@@ -35,3 +45,28 @@ def make_fake_data(data_dir, env: str, tasks, n_trajs: int = 3, length: int = 40
                           seeds=1000 * task + np.arange(n_trajs), behaviour_id="0123456789ab",
                           episode_returns=np.array([t["rewards"].sum(dtype=np.float64) for t in trajs]),
                           episode_success=np.zeros(n_trajs))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Fake data for two pretraining tasks, the validation and the test tasks, and a tiny pretrained model."""
+    import pretrain_pdt
+
+    root = tmp_path_factory.mktemp("algos")
+    sp = spec(ENV)
+    make_fake_data(root / "data", ENV, list(sp.train_tasks[:2]) + list(sp.finetune_tasks), n_trajs=6, length=30)
+    make_fake_data(root / "data", ENV, list(sp.test_tasks), n_trajs=6, length=30, quality="medium", seed=7)
+    args = pretrain_pdt.Args(env=ENV, data_dir=str(root / "data"), run_dir=str(root / "pre_runs"),
+                             out=str(root / "pre.pt"), train_tasks=2, num_trajs=6, n_layer=1, n_embd=16, K=5,
+                             batch_size=8, total_steps=10, eval_every=10, eval_episodes=1, threads=1)
+    pretrain_pdt.main(args)
+    return root
+
+
+def run_algo(root, algo, run_dir="runs", **kw):
+    """A tiny finetuning run of script `algo` (its main, in this process) on the `setup` fixture's files."""
+    mod = importlib.import_module(algo)
+    base = dict(env=ENV, tasks=(TASK,), num_trajs=4, total_steps=4, eval_every=2, eval_episodes=1, batch_size=4,
+                data_dir=str(root / "data"), run_dir=str(root / run_dir), pretrained=str(root / "pre.pt"), threads=1)
+    base.update(kw)
+    return mod.main(mod.Args(**base))

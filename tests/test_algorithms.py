@@ -11,37 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-import pretrain_pdt
 from common.envs import spec
 from common.tuning import PROMPT_KEYS, TUNINGS
-from conftest import make_fake_data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from common.finetune import ALGOS  # noqa: E402
-ENV = "halfcheetahvel"
-TASK = spec(ENV).test_tasks[0]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Fake data for two pretraining tasks and the test tasks, and a tiny pretrained model."""
-    root = tmp_path_factory.mktemp("algos")
-    sp = spec(ENV)
-    make_fake_data(root / "data", ENV, list(sp.train_tasks[:2]) + list(sp.finetune_tasks), n_trajs=6, length=30)
-    make_fake_data(root / "data", ENV, list(sp.test_tasks), n_trajs=6, length=30, quality="medium", seed=7)
-    args = pretrain_pdt.Args(env=ENV, data_dir=str(root / "data"), run_dir=str(root / "pre_runs"),
-                             out=str(root / "pre.pt"), train_tasks=2, num_trajs=6, n_layer=1, n_embd=16, K=5,
-                             batch_size=8, total_steps=10, eval_every=10, eval_episodes=1, threads=1)
-    pretrain_pdt.main(args)
-    return root
-
-
-def run_algo(root, algo, run_dir="runs", **kw):
-    mod = importlib.import_module(algo)
-    base = dict(env=ENV, tasks=(TASK,), num_trajs=4, total_steps=4, eval_every=2, eval_episodes=1, batch_size=4,
-                data_dir=str(root / "data"), run_dir=str(root / run_dir), pretrained=str(root / "pre.pt"), threads=1)
-    base.update(kw)
-    return mod.main(mod.Args(**base))
+from common.flags import ALGOS  # noqa: E402
+from conftest import ENV, ROOT, TASK, run_algo  # noqa: E402
 
 
 # ---------------------------------------------------------------- losses against hand-computed values
@@ -349,44 +323,111 @@ def test_bad_flags_give_one_line_errors(setup):
     assert out.returncode == 1 and "python collect_data.py --env halfcheetahvel --data-dir" in out.stderr
 
 
+def _statements(name: str) -> tuple[dict, list[str]]:
+    """A script's top-level definitions {name: normalised source, docstrings dropped} and main()'s statements,
+    each normalised by the AST (formatting, comments and line breaks do not count); a compound statement
+    stands for its header only, its body's statements follow it."""
+    import ast
+    import copy
+
+    tree = ast.parse(open(os.path.join(ROOT, f"{name}.py")).read())
+
+    def strip(node):
+        for n in ast.walk(node):
+            body = getattr(n, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+                    getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+                n.body = body[1:] or [ast.Pass()]
+        return node
+
+    defs = {n.name: ast.unparse(strip(n)) for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    stmts = []
+
+    def walk(body):
+        for st in body:
+            inner = [getattr(st, k) for k in ("body", "orelse") if isinstance(getattr(st, k, None), list)]
+            if inner:
+                head = copy.copy(st)  # the header: the body replaced by `pass`
+                head.body = [ast.Pass()]
+                if hasattr(head, "orelse"):
+                    head.orelse = []
+                stmts.append(ast.unparse(head))
+                for b in inner:
+                    walk(b)
+            else:
+                stmts.append(ast.unparse(st))
+
+    walk(main.body)
+    return defs, stmts
+
+
+CRITIC_PIECES = {"TwinQ", "discounted_returns", "warm_up_critic", "td_target", "max_td_target", "q_term"}
+
+
 @pytest.mark.parametrize("base,qp", [("sft", "qp_sft"), ("dpo", "qp_dpo")])
 def test_the_qp_scripts_are_their_base_plus_the_critic_and_the_q_term(base, qp):
-    """Every code line of sft.py (dpo.py) is in qp_sft.py (qp_dpo.py), except the run name, the loss
-    line that gains the Q term and the logged values."""
-    def code(name):
-        src = open(os.path.join(ROOT, f"{name}.py")).read()
-        return src[src.index('"""', 3) + 3:].splitlines()  # without the module docstring
-    qp_lines = set(code(qp))
-    missing = [l for l in code(base) if l.strip() and l not in qp_lines]
-    allowed = ("    run = Run(", "            loss = ", "            logs = {", "from common.finetune import",
-               '    """SFT has no hyperparameters')
-    assert all(l.startswith(allowed) for l in missing), missing
-    assert len(code(qp)) - len(code(base)) < 110  # the critic, its update and the Q term, nothing else
+    """Compared on normalised ASTs: every function of sft.py (dpo.py) is in qp_sft.py (qp_dpo.py) unchanged,
+    the new ones are the critic's pieces only, and every statement of main() is there too except the run's
+    name, the loss line that gains the Q term and the logged values."""
+    (bdefs, bmain), (qdefs, qmain) = _statements(base), _statements(qp)
+    for name, src in bdefs.items():
+        if name not in ("Args", "main"):
+            assert qdefs.get(name) == src, f"{qp}.py changes {name}"
+    assert set(qdefs) - set(bdefs) == CRITIC_PIECES
+    missing = [st for st in bmain if st not in qmain]
+    assert len(missing) == 3 and missing[0].startswith("run = Run(args, ") and missing[1].startswith("loss = ")
+    assert missing[2].startswith("logs = {"), missing
+    assert len(qmain) - len(bmain) < 40  # the critic's set-up and update and the Q term, nothing else
+
+
+def test_each_piece_is_written_the_same_way_in_every_script_that_has_it():
+    """The critic (cql.py, qp_sft.py, qp_dpo.py), pi_ref's table (dpo.py, grpo.py, qp_dpo.py) and the Gaussian
+    policy's log-density (every script with a Gaussian policy) are copies, so reading one file is enough."""
+    scripts = ("sft", "dpo", "grpo", "ppo", "cql", "qp_dpo", "qp_sft", "online_grpo", "online_ppo")
+    defs = {name: _statements(name)[0] for name in scripts}
+    for piece in ("TwinQ", "discounted_returns", "warm_up_critic", "td_target", "ref_actions", "gaussian_logp",
+                  "gaussian_kl", "group_advantages", "gae", "sample_episodes", "subsample_steps"):
+        have = {name: d[piece] for name, d in defs.items() if piece in d}
+        assert len(have) >= 2 and len(set(have.values())) == 1, (piece, sorted(have))
+
+
+def test_the_online_scripts_import_no_other_script():
+    import ast
+
+    for name in ("online_grpo", "online_ppo"):
+        tree = ast.parse(open(os.path.join(ROOT, f"{name}.py")).read())
+        mods = {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not mods & {"sft", "dpo", "grpo", "ppo", "cql", "qp_dpo", "qp_sft"}, (name, mods)
 
 
 def test_window_tables_are_exact_lookups_of_the_policy_on_sampled_batches(setup):
-    """The reference / target-policy tables must give, for any sampled batch, exactly what a forward
-    pass of the same policy gives; and the flat step index that QP and PPO derive for each position
-    of a window must point at that step's data."""
-    import sft
-    from common.finetune import Run
-    args = sft.Args(env=ENV, tasks=(TASK,), num_trajs=4, data_dir=str(setup / "data"), pretrained=str(setup / "pre.pt"),
-                    batch_size=16)
-    run = Run(args, "sft")
+    """pi_ref's table (dpo.py ref_actions) must give, for any sampled batch, exactly what a forward pass of
+    the same policy gives; and the flat step index that PPO derives for each position of a window must
+    point at that step's data (the batch contract of common/data.py sample_batch)."""
+    import dpo
+    from common.data import gather, sample_batch
+    from common.run import Run
+    args = dpo.Args(env=ENV, tasks=(TASK,), num_trajs=4, data_dir=str(setup / "data"), pretrained=str(setup / "pre.pt"),
+                    batch_size=16, lr=1e-4)
+    run = Run(args, "dpo")
     rng = run.seed(TASK)
     policy = run.policy(TASK).eval()
-    table = run.window_table(policy, TASK, batch_size=7)
-    canon = run.window_table(policy, TASK, last_only=True)
-    p = run.data[TASK]["packed"]
-    assert table.shape == (len(p["states"]), 5, spec(ENV).act_dim) and canon.shape == (len(p["states"]), spec(ENV).act_dim)
+    p, K = run.data[TASK]["packed"], run.model.cfg.K
+    table = dpo.ref_actions(policy, p, K, run.device, batch_size=7)
+    traj = np.repeat(np.arange(len(p["lengths"])), p["lengths"])
+    w = {k: torch.as_tensor(v, dtype=torch.long if k == "timesteps" else torch.float32)
+         for k, v in gather(p, traj, p["timesteps"] + 1, K).items()}
+    with torch.no_grad():
+        canon = policy(w["states"], w["actions"], w["rtg"], w["timesteps"], w["mask"], last_only=True)
+    assert table.shape == (len(p["states"]), K, spec(ENV).act_dim) and canon.shape == (len(p["states"]), spec(ENV).act_dim)
     torch.testing.assert_close(table[:, -1], canon, rtol=1e-5, atol=1e-6)
     for _ in range(3):
-        b = run.sample(TASK, rng)
+        b = sample_batch(p, K, args.batch_size, rng, run.device)
         with torch.no_grad():
             out = policy(b["states"], b["actions"], b["rtg"], b["timesteps"], b["mask"])
         m = b["mask"].bool()
         torch.testing.assert_close(table[b["window"]][m], out[m], rtol=1e-5, atol=1e-6)
-        K = b["mask"].shape[1]
         flat = b["window"][:, None] - torch.arange(K - 1, -1, -1)[None]
         torch.testing.assert_close(b["index"][m], flat[m])  # sample_windows' own flat index
         np.testing.assert_array_equal(b["states"][m].numpy(), p["states"][flat[m].numpy()])
@@ -422,7 +463,7 @@ def test_track_follows_cleanrl_group_tags_code_and_steps(setup, monkeypatch):
 
 
 def test_selection_uses_validation_episodes_and_reports_reporting_ones():
-    from common.finetune import summarise
+    from common.rollout import summarise
     curve = [{"step": 0, "return": -50.0, "val_return": -40.0},
              {"step": 10, "return": -30.0, "val_return": -45.0},   # best on the reporting episodes
              {"step": 20, "return": -42.0, "val_return": -20.0},   # best on validation: selected
@@ -440,22 +481,22 @@ def test_critic_warm_up_scales_with_the_run_and_ranks_states_like_the_returns(se
     """After the default warm-up, Q(data) orders the data's steps like their observed discounted
     return-to-go (Spearman >= 0.8), so TD starts from the value scale."""
     import qp_sft
-    from common.finetune import Run, critic_warmup_steps, warm_up_critic
-    assert critic_warmup_steps(-1, 4) == 4 and critic_warmup_steps(-1, 10_000) == 1000 and critic_warmup_steps(7, 4) == 7
-    args = qp_sft.Args(env=ENV, tasks=(TASK,), num_trajs=6, data_dir=str(setup / "data"), pretrained=str(setup / "pre.pt"))
+    from common.run import Run
+    args = qp_sft.Args(env=ENV, tasks=(TASK,), num_trajs=6, data_dir=str(setup / "data"), pretrained=str(setup / "pre.pt"),
+                       lr=1e-4)
     run = Run(args, "qp_sft")
     rng = run.seed(TASK)
     p = run.data[TASK]["packed"]
     m = run.model
     s = (torch.as_tensor(p["states"]) - m.state_mean) / m.state_std
-    a, g = torch.as_tensor(p["actions"]), run.discounted_returns(TASK, 0.99)
+    a, g = torch.as_tensor(p["actions"]), qp_sft.discounted_returns(run.data[TASK]["trajs"], 0.99, "cpu")
     assert g[0].item() == pytest.approx(sum(0.99 ** i * r for i, r in enumerate(p["rewards"][:30])), rel=1e-4)
     critic = qp_sft.TwinQ(s.shape[1], a.shape[1])
     opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
     with torch.no_grad():
         before = np.corrcoef(rank(critic(s, a)[0].numpy()), rank(g.numpy()))[0, 1]
-    warm_up_critic(critic, opt, (s, a), g, critic_warmup_steps(-1, args.total_steps), args.critic_batch, rng)
+    qp_sft.warm_up_critic(critic, opt, s, a, g, min(args.total_steps, 1000), args.critic_batch, rng)
     with torch.no_grad():
         q1, q2 = critic(s, a)
     for q in (q1, q2):
@@ -555,7 +596,7 @@ def test_capture_video_writes_a_gif_or_says_in_one_line_why_not(setup, tmp_path,
 
 
 def test_only_tasks_the_split_keeps_out_of_pretraining_are_refused_as_seen():
-    from common.finetune import seen_in_pretraining
+    from common.model import seen_in_pretraining
     from common.model import pretrain_tasks
 
     d = spec("halfcheetahdir")  # its two tasks are pretraining and test tasks by design, old checkpoint or new
@@ -565,3 +606,24 @@ def test_only_tasks_the_split_keeps_out_of_pretraining_are_refused_as_seen():
     assert seen_in_pretraining(mw.finetune_tasks, pretrain_tasks({}, "metaworld"), mw) == list(mw.val_tasks)
     assert seen_in_pretraining(mw.finetune_tasks, pretrain_tasks({"pretrain_tasks": list(mw.train_tasks)}, "metaworld"),
                                mw) == []
+
+
+@pytest.mark.parametrize("script", ["qp_sft", "online_ppo"])
+def test_a_copied_method_runs_on_its_own(setup, tmp_path, script):
+    """The README's "copy one method": the script and common/ alone, in an empty folder, finetune there."""
+    import shutil
+
+    dst = tmp_path / "project"
+    shutil.copytree(os.path.join(ROOT, "common"), dst / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(ROOT, f"{script}.py"), dst)
+    flags = ["--env", ENV, "--tasks", str(TASK), "--num-trajs", "4", "--total-steps", "2", "--eval-every", "2",
+             "--eval-episodes", "1", "--batch-size", "4", "--threads", "1", "--data-dir", str(setup / "data"),
+             "--pretrained", str(setup / "pre.pt"), "--run-dir", str(dst / "runs")]
+    if script.startswith("online"):
+        flags += ["--group-size", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, f"{script}.py", *flags], cwd=dst, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (result,) = (dst / "runs").glob("*/result.json")
+    assert json.loads(result.read_text())["tasks"][0]["task"] == TASK

@@ -13,9 +13,10 @@ import pytest
 
 import pretrain_pdt
 from common.cli import run as run_cli
-from common.data import dataset_path, lock_folder, save_trajectories
+from common.data import dataset_path, save_trajectories
+from common.files import lock_folder
 from common.envs import spec
-from common.finetune import ALGOS, cli as finetune_cli
+from common.flags import ALGOS, cli as finetune_cli
 from conftest import make_fake_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -235,7 +236,7 @@ def test_ctrl_c_or_sigterm_ends_in_one_line_saying_how_to_resume_and_releases_th
 
 
 def test_a_run_that_ends_in_an_error_leaves_no_lock_file(tmp_path):
-    code = ("import sys; from common.data import lock_folder; lock_folder(sys.argv[1], 'x'); "
+    code = ("import sys; from common.files import lock_folder; lock_folder(sys.argv[1], 'x'); "
             "raise SystemExit('error: loss is nan')")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1 and (tmp_path / "run").is_dir() and not (tmp_path / "run" / ".lock").exists()

@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("report", os.path.join(ROOT, "benchmark", "report.py"))
 report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)
+from benchmark import report_common  # noqa: E402
 
 OUTPUTS = {"table1": ["table1.md", "table1.png", "table1_profiles.png", "table1_curves.png"], "table2": ["table2.md", "table2.png"],
            "fig1": ["fig1.md", "fig1.png"], "fig2": ["fig2.md", "fig2.png"],
@@ -121,7 +122,7 @@ def test_statistics_by_hand():
     assert stats.t_interval([5.0, 5.0]) == (5.0, 5.0, 5.0)
     m, lo, hi = stats.t_interval([4.0])
     assert m == 4.0 and np.isnan(lo) and np.isnan(hi)
-    assert report.fmt([4.0]) == "4.00" and report.fmt([]) == "-" and report.fmt([5.0, 5.0]) == "5.00 ± 0.00"
+    assert report_common.fmt([4.0]) == "4.00" and report_common.fmt([]) == "-" and report_common.fmt([5.0, 5.0]) == "5.00 ± 0.00"
     assert stats.iqm([1, 2, 3, 4]) == 2.5  # middle two
     assert stats.iqm([100, 1, 2, 3, 4, 5, 6, -100]) == 3.5  # outliers trimmed: mean of 2..5
     # P(X > Y), ties one half: task 1 beats 2 of 3 pairs, task 2 a tie

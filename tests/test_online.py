@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from common.envs import spec
-from common.rollout import online_seed, sample_episodes
-from test_algorithms import ENV, TASK, setup  # noqa: F401  (the tiny pretrained model and fake data)
+from common.rollout import online_seed
+from online_grpo import sample_episodes
+from conftest import ENV, TASK, run_algo
 
 
 def test_online_loss_by_hand():
@@ -89,7 +90,7 @@ def test_online_ppo_runs_and_counts_env_steps(setup):  # noqa: F811
 
 
 def test_subsample_steps_draws_distinct_steps_once_per_iteration():
-    from common.rollout import subsample_steps
+    from online_grpo import subsample_steps
     gen = torch.Generator().manual_seed(0)
     sub = subsample_steps(1000, 64, 4, gen)
     assert len(sub) == 256 and len(set(sub.tolist())) == 256 and 0 <= sub.min() and sub.max() < 1000
@@ -99,7 +100,7 @@ def test_subsample_steps_draws_distinct_steps_once_per_iteration():
 
 @pytest.mark.parametrize("lr", [None, 3e-4])
 def test_online_lr_is_the_factor_times_the_offline_default_unless_given(setup, lr):  # noqa: F811
-    from common.finetune import DEFAULT_LR
+    from common.tuning import DEFAULT_LR
     mod = importlib.import_module("online_ppo")
     args = mod.Args(env=ENV, tasks=(TASK,), num_trajs=4, total_steps=1, eval_every=1, eval_episodes=1, group_size=2,
                     data_dir=str(setup / "data"), run_dir=str(setup / f"online_lr{lr}"), pretrained=str(setup / "pre.pt"),
@@ -109,7 +110,6 @@ def test_online_lr_is_the_factor_times_the_offline_default_unless_given(setup, l
 
 
 def test_init_from_starts_online_finetuning_at_the_offline_runs_selected_checkpoint(setup):  # noqa: F811
-    from test_algorithms import run_algo
     off = run_algo(setup, "sft", run_dir="offline", tuning="lora", total_steps=4, eval_every=2)
     (folder,) = [str(d) for d in (setup / "offline").iterdir()]
     mod = importlib.import_module("online_grpo")
