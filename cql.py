@@ -115,7 +115,7 @@ def policy_q(critic: TwinQ, s: torch.Tensor, pi_s: torch.Tensor) -> torch.Tensor
 
 
 def main(args: Args) -> dict:
-    args.lr = args.lr or DEFAULT_LR[args.tuning]
+    args.lr = DEFAULT_LR[args.tuning] if args.lr is None else args.lr  # --lr (or its preset), else the tuning's
     run = Run(args, "cql")
     K = run.model.cfg.K
     sp, model = run.sp, run.model

@@ -146,7 +146,7 @@ def main(args: Args) -> dict:
     if args.group_size + args.offline_members < 2 or args.offline_members > args.num_trajs:
         raise ValueError(f"a group needs 2 or more members and at most --num-trajs offline ones; got --group-size "
                          f"{args.group_size}, --offline-members {args.offline_members}, --num-trajs {args.num_trajs}")
-    args.lr = args.lr or DEFAULT_LR[args.tuning] * args.lr_factor
+    args.lr = DEFAULT_LR[args.tuning] * args.lr_factor if args.lr is None else args.lr
     run = Run(args, ("online_grpo" if args.offline_members == 0 else "online_grpo_mixed")
               + ("_from_offline" if args.init_from else ""))
     for task in run.tasks:

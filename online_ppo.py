@@ -134,7 +134,7 @@ def subsample_steps(n: int, batch_size: int, minibatches: int, gen: torch.Genera
     return perm if minibatches == 0 else perm[:minibatches * batch_size]
 
 def main(args: Args) -> dict:
-    args.lr = args.lr or DEFAULT_LR[args.tuning] * args.lr_factor
+    args.lr = DEFAULT_LR[args.tuning] * args.lr_factor if args.lr is None else args.lr
     run = Run(args, "online_ppo" + ("_from_offline" if args.init_from else ""))  # --init-from: see online_grpo.py
     sp, model = run.sp, run.model
     for task in run.tasks:

@@ -111,7 +111,7 @@ def ppo_loss(logp, logp_old, adv, mask, clip_eps: float, bc_weight: float) -> to
 
 
 def main(args: Args) -> dict:
-    args.lr = args.lr or DEFAULT_LR[args.tuning]
+    args.lr = DEFAULT_LR[args.tuning] if args.lr is None else args.lr  # --lr (or its preset), else the tuning's
     run = Run(args, "ppo")
     K = run.model.cfg.K
     sp, model = run.sp, run.model

@@ -144,7 +144,7 @@ def ref_actions(policy, packed: dict, K: int, device, batch_size: int = 256) -> 
     return torch.cat(out)
 
 def main(args: Args) -> dict:
-    args.lr = args.lr or DEFAULT_LR[args.tuning]
+    args.lr = DEFAULT_LR[args.tuning] if args.lr is None else args.lr  # --lr (or its preset), else the tuning's
     run = Run(args, "qp_dpo")
     K = run.model.cfg.K
     sp, model = run.sp, run.model

@@ -115,7 +115,7 @@ def q_term(q: TwinQ, s: torch.Tensor, pi_s: torch.Tensor, mask: torch.Tensor) ->
 
 
 def main(args: Args) -> dict:
-    args.lr = args.lr or DEFAULT_LR[args.tuning]
+    args.lr = DEFAULT_LR[args.tuning] if args.lr is None else args.lr  # --lr (or its preset), else the tuning's
     run = Run(args, "qp_sft")
     K = run.model.cfg.K
     sp, model = run.sp, run.model

@@ -30,7 +30,7 @@ def sft_loss(pred: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> t
 
 
 def main(args: Args) -> dict:
-    args.lr = args.lr or DEFAULT_LR[args.tuning]
+    args.lr = DEFAULT_LR[args.tuning] if args.lr is None else args.lr  # --lr (or its preset), else the tuning's
     run = Run(args, "sft")
     K = run.model.cfg.K
     for task in run.tasks:

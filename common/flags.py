@@ -103,7 +103,7 @@ NOT_RESULT = ("threads", "cuda", "track", "wandb_project", "run_dir", "run_name"
 def check_args(args) -> None:
     v = dataclasses.asdict(args)
     flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
-    for k in v:
+    for k in sorted(v, key=lambda k: k == "lr"):  # lr last: the online scripts derive it from --lr-factor
         x = v[k]
         if x is None or isinstance(x, (bool, str, tuple)):
             continue
