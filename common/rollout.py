@@ -27,7 +27,7 @@ VAL_SEED = 8_000_000  # validation episodes: selection only
 # is at most 10% of the env's expert-minus-random range (MetaWorld: 0.15 success) or the nearest affordable,
 # from the per-episode spread that benchmark/eval_noise.py measures on the validation tasks
 # (benchmark/results/eval_noise/README.md).
-EVAL_EPISODES = {"halfcheetahvel": 10, "halfcheetahdir": 10, "antdir": 50, "metaworld": 30}
+EVAL_EPISODES = {"halfcheetahvel": 10, "halfcheetahdir": 10, "antdir": 50, "metaworld": 46}
 
 
 def eval_seeds(task: int, episodes: int, split: str = "test") -> np.ndarray:
