@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import hashlib
 import importlib.metadata
 import os
@@ -32,7 +33,7 @@ from behaviour_policy import (MEDIUM_BAND, SACActor, BehaviourPolicy, calibrate_
                               train_sac)
 from common.data import (QUALITIES, dataset_path, load_behaviour, load_trajectories, save_behaviour, save_trajectories,
                          tq_saco)
-from common.files import atomic_write_json
+from common.files import atomic_write_json, check_folder
 from common.cli import run as cli
 from common.envs import spec
 
@@ -237,8 +238,16 @@ def summarise(args: Args, beh: dict) -> dict:
               f"{r['normalised_score_min']:.2f}..{r['normalised_score_max']:.2f} | {r['TQ']:.2f} | {r['SACo']:.2f} |"
               + (f" {r['test_success']:.2f} |" if args.env == "metaworld" else ""))
     path = os.path.join(args.data_dir, args.env, "summary.json")
-    atomic_write_json(path, summary)
-    print(f"saved {path}")
+    try:
+        with open(path) as f:
+            unchanged = json.load(f) == json.loads(json.dumps(summary))
+    except (OSError, ValueError):
+        unchanged = False
+    if unchanged:  # a complete dataset in a read-only folder needs no write
+        print(f"{path} is up to date")
+    else:
+        atomic_write_json(path, summary)
+        print(f"saved {path}")
     return summary
 
 
@@ -269,6 +278,8 @@ def main(args: Args) -> None:
         args.num_envs = 10 if args.env == "metaworld" else 100
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if not all(os.path.exists(dataset_path(args.data_dir, args.env, q, t)) for q in args.qualities for t in args.tasks):
+        check_folder(os.path.join(args.data_dir, args.env), "--data-dir")  # before any rollout, not after
     start = time.time()
     if args.workers > 1:
         load_or_train_behaviour(dataclasses.replace(args, tasks=(), recalibrate=False))  # train once, before splitting

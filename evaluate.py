@@ -19,10 +19,12 @@ import tyro
 
 from common.cli import run as cli
 from common.envs import spec
-from common.files import file_sha256
+from common.files import check_writable, file_sha256
 from common.model import load_pretrained
 from common.rollout import evaluate_policy
 from common.tuning import adapter_manifest, load_adapter
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
@@ -39,20 +41,26 @@ class Args:
     """use CUDA when torch sees a GPU"""
     out: str = ""
     """also write the scores to this JSON file"""
+    force: bool = False
+    """evaluate on a --pretrained checkpoint whose SHA-256 differs from the one the adapter was trained from"""
 
 
 def main(args: Args) -> dict:
     if args.episodes < 0 or args.threads < 0:
         raise ValueError(f"--episodes and --threads must be 0 or more, got {args.episodes} and {args.threads}")
     m = adapter_manifest(args.adapter)
+    if args.out:
+        check_writable(args.out, "--out")  # before the episodes, not after
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     env, task = m["config"]["env"], m["task"]
     ckpt = args.pretrained or m["pretrained"]
-    if not args.pretrained and os.path.exists(ckpt) and file_sha256(ckpt) != m["pretrained_sha256"]:
-        raise ValueError(f"{ckpt} is not the checkpoint {args.adapter} was trained from (SHA-256 differs); pass that "
-                         f"one with --pretrained")
+    if not args.pretrained and not os.path.isabs(ckpt) and not os.path.exists(ckpt):
+        ckpt = os.path.join(ROOT, ckpt)  # a default checkpoint, named relative to the project root
+    if os.path.exists(ckpt) and file_sha256(ckpt) != m["pretrained_sha256"] and not args.force:
+        raise ValueError(f"{ckpt} is not the checkpoint {args.adapter} was trained from (SHA-256 differs; it was "
+                         f"{m['pretrained']}); pass that one with --pretrained, or --force to evaluate anyway")
     sp = spec(env)
     model = load_pretrained(ckpt, env, sp.obs_dim, sp.act_dim, device)
     policy, _ = load_adapter(args.adapter, model)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,7 @@ import numpy as np
 from common.cli import run as cli
 from common.data import QUALITIES, dataset_path, load_behaviour, save_trajectories
 from common.envs import ENV_NAMES, GYM_IDS, spec
+from common.files import check_folder
 
 
 @dataclass
@@ -79,11 +81,32 @@ random and expert returns averaged over these tasks; per task below.
 """
 
 
+def minari_root() -> str:
+    return os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
+
+
+def check_minari_root() -> None:
+    """A one-line error naming MINARI_DATASETS_PATH, before any work, if Minari cannot write its datasets there."""
+    root = minari_root()
+    try:
+        check_folder(root, "MINARI_DATASETS_PATH")
+    except ValueError as e:
+        raise ValueError(f"{e} (Minari's dataset root, now {root})") from None
+
+
 def export(args: Args) -> None:
     import minari
     from minari.data_collector import EpisodeBuffer
 
     did = dataset_id(args)
+    n_tasks = spec(args.env).num_tasks
+    bad = [t for t in args.tasks if not 0 <= t < n_tasks]
+    if bad:
+        raise ValueError(f"--tasks {bad} are not {args.env} tasks (0..{n_tasks - 1})")
+    dup = sorted({t for t in args.tasks if args.tasks.count(t) > 1})
+    if dup:
+        raise ValueError(f"--tasks lists {dup} more than once; name each task once")
+    check_minari_root()
     if did in minari.list_local_datasets() and not args.overwrite:
         raise ValueError(f"Minari dataset {did} exists; pass --overwrite to replace it, or another --dataset-id")
     tasks = list(args.tasks) or [t for t in range(spec(args.env).num_tasks)
@@ -95,9 +118,14 @@ def export(args: Args) -> None:
     for t in tasks:
         path = dataset_path(args.data_dir, args.env, args.quality, t)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"dataset {path} is missing; make it with: python collect_data.py --env {args.env}")
-        with np.load(path) as z:
-            files[t] = {k: z[k] for k in z.files}
+            raise FileNotFoundError(f"dataset {path} is missing; make it with: python collect_data.py --env {args.env} "
+                                    f"--tasks {t}")
+        try:
+            with np.load(path) as z:
+                files[t] = {k: z[k] for k in z.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise ValueError(f"{path} is damaged ({type(e).__name__}); delete it and remake it with: python "
+                             f"collect_data.py --env {args.env} --tasks {t}") from None
         f = files[t]
         ends = np.flatnonzero(f["terminals"] | f["timeouts"]) + 1
         for i, (a, b) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
@@ -135,11 +163,16 @@ def import_(args: Args) -> None:
     if did not in minari.list_local_datasets():
         raise FileNotFoundError(f"no local Minari dataset {did}; make it with: python minari_io.py export --env "
                                 f"{args.env} --quality {args.quality}")
-    ds = minari.load_dataset(did)
-    meta = {m["id"]: m for m in ds.storage.get_episode_metadata(ds.episode_indices)}
-    by_task: dict[int, list] = {}
-    for ep in ds.iterate_episodes():
-        by_task.setdefault(int(ep.infos["task"][0]), []).append(ep)
+    try:
+        ds = minari.load_dataset(did)
+        meta = {m["id"]: m for m in ds.storage.get_episode_metadata(ds.episode_indices)}
+        by_task: dict[int, list] = {}
+        for ep in ds.iterate_episodes():
+            by_task.setdefault(int(ep.infos["task"][0]), []).append(ep)
+    except Exception as e:  # noqa: BLE001 (a truncated HDF5 or metadata file: OSError, KeyError, ValueError, ...)
+        raise ValueError(f"Minari dataset {did} under {minari_root()} is damaged ({type(e).__name__}); export it "
+                         f"again: python minari_io.py export --env {args.env} --quality {args.quality} --overwrite") from None
+    check_folder(os.path.join(args.data_dir, args.env, args.quality), "--data-dir")
     bid = str(ds.storage.metadata["description"]).split("fingerprint ")[1].split(")")[0]
     s = spec(args.env)
     for t, eps in sorted(by_task.items()):

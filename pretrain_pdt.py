@@ -27,7 +27,7 @@ from tqdm import tqdm
 from common.cli import run as cli
 from common.data import load_trajectories, pack, sample_prompts, sample_windows, state_stats
 from common.envs import spec
-from common.files import atomic_torch_save, atomic_write_json, lock_folder
+from common.files import atomic_torch_save, atomic_write_json, check_folder, check_writable, lock_folder
 from common.model import ModelConfig, PromptDT, num_params
 from common.rollout import evaluate, task_prompt_and_target
 
@@ -118,8 +118,12 @@ def main(args: Args) -> dict:
     run_name = f"pretrain_{args.env}_l{args.n_layer}_e{args.n_embd}_h{args.n_head}_s{args.seed}"
     run_path = os.path.join(args.run_dir, run_name)
     out = args.out or os.path.join(run_path, "model.pt")
+    if args.out and os.path.isdir(out):
+        raise ValueError(f"--out {out} is a folder; give the checkpoint's file path, e.g. {os.path.join(out, 'model.pt')}")
     if args.out and os.path.exists(out) and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    if args.out:
+        check_writable(out, "--out")  # before the data and the training: a read-only or missing place fails now
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
@@ -156,6 +160,12 @@ def main(args: Args) -> dict:
     print(f"{run_name}: {num_params(model):,} parameters, {len(trajs)} trajectories of {len(tasks)} tasks, "
           f"device {device}")
 
+    # room for the checkpoint (weights), the resume state (weights and AdamW's two moments, at least twice:
+    # the atomic write keeps the old file until the new one is whole) and the log
+    size = 4 * num_params(model)
+    check_folder(run_path, "--run-dir", 7 * size + 1_000_000 + (0 if args.out else size))
+    if args.out:
+        check_writable(out, "--out", size + 1_000_000)
     # resume (the lock keeps a second process with the same run name out)
     lock = lock_folder(run_path, "choose another --run-dir or --seed")  # noqa: F841 (held until exit)
     step, log = 0, []

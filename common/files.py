@@ -76,3 +76,32 @@ def atomic_torch_save(obj, path: str) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
+
+
+def check_folder(folder: str, where: str, need_bytes: int = 0) -> None:
+    """Before any work: a one-line error naming `where` (the flag or variable that chose the folder) if a file
+    cannot be written into folder (made if missing) or its disk has less than need_bytes free."""
+    import shutil
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write_check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"cannot write into {folder} ({e.strerror}); choose a writable {where}") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise ValueError(f"{folder} has {_size(free)} free and this writes about {_size(need_bytes)}; free space "
+                         f"or choose another {where}")
+
+
+def check_writable(path: str, where: str, need_bytes: int = 0) -> None:
+    """check_folder for the folder of a file about to be written at path, which must not be a folder itself."""
+    if os.path.isdir(path):
+        raise ValueError(f"{where} {path} is a folder; give a file path, e.g. {os.path.join(path, 'out.json')}")
+    check_folder(os.path.dirname(os.path.abspath(path)), where, need_bytes)

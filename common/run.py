@@ -30,7 +30,7 @@ import torch
 
 from common.data import QUALITIES, load_trajectories, pack, sparsify
 from common.envs import spec
-from common.files import atomic_write_json, file_sha256, lock_folder
+from common.files import atomic_write_json, check_folder, file_sha256, lock_folder
 from common.flags import NOT_RESULT, FinetuneArgs, check_args, preset, preset_line
 from common.model import default_checkpoint, load_pretrained, num_params, seen_in_pretraining
 from common.rollout import (EVAL_EPISODES, check_rendering, evaluate_policy, save_video, selection_key, summarise,
@@ -76,6 +76,8 @@ class Run:
             torch.set_num_threads(args.threads)
         self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
         self.ckpt = args.pretrained or default_checkpoint(args.env)
+        if not args.pretrained and not os.path.exists(self.ckpt):  # run from another folder: the project's own
+            self.ckpt = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), self.ckpt)
         self.model = load_pretrained(self.ckpt, args.env, self.sp.obs_dim, self.sp.act_dim, self.device)
         self.model.requires_grad_(False)
         seen = seen_in_pretraining(self.all_tasks, self.model.pretrain_tasks, self.sp)
@@ -91,15 +93,25 @@ class Run:
             check_rendering(args.env)
         self.t0, self.step_time, self.trainable = time.perf_counter(), 0.0, None
         self.results, self.times, self.saved = {}, {}, None  # task -> its summary, its times; a finished result
+        # room for what the run writes (task and result files; the adapters, at most the whole model per task),
+        # checked now so that a full or read-only disk fails before the training, not after it
+        per_task = 4 * num_params(self.model) * (2 if args.save_model == "both" else 1) if args.save_model != "none" else 0
+        check_folder(args.run_dir, "--run-dir", len(self.all_tasks) * per_task + 2_000_000)
         self._lock()
         self.tasks = [t for t in self.all_tasks if t not in self.results]  # what is left to train
         if args.track and self.tasks:
             import wandb
 
             # CleanRL's conventions: one group per setting (the run name without its seed), the code saved
-            wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=self.name, config=self.config,
-                       group=self.name.rsplit("_s", 1)[0], tags=[algo, args.env, args.tuning, args.quality],
-                       save_code=True)
+            try:
+                wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=self.name, config=self.config,
+                           group=self.name.rsplit("_s", 1)[0], tags=[algo, args.env, args.tuning, args.quality],
+                           save_code=True)
+            except Exception as e:  # noqa: BLE001 (no login, no network: wandb raises several kinds)
+                self._release()
+                first = (str(e).strip().splitlines() or [""])[0][:120]
+                raise RuntimeError(f"--track: wandb did not start ({type(e).__name__}: {first}); run `wandb login`, "
+                                   f"or set WANDB_MODE=offline, or drop --track") from None
 
     def _same_config(self, other: dict) -> list[str]:
         """Flags (numbers-changing ones only) on which a saved config differs from this run's."""
@@ -155,6 +167,7 @@ class Run:
         if diff:
             raise ValueError(f"--init-from {path} was trained with other settings ({', '.join(diff[:3])}); "
                              f"pass the same ones")
+        load_adapter(path, self.model)  # a damaged file fails now, before any training
         return path
 
     def _task_data(self, task: int) -> dict:

@@ -140,6 +140,11 @@ def save_adapter(path: str, state: dict[str, torch.Tensor], manifest: dict) -> N
     atomic_write_json(path[:-len(".safetensors")] + ".json", manifest)
 
 
+# what a manifest (save_adapter's JSON) must hold for load_adapter and evaluate.py
+MANIFEST_KEYS = ("algo", "task", "checkpoint", "step", "scores", "target", "pretrained", "pretrained_sha256", "config")
+MANIFEST_CONFIG = ("env", "tuning", "lora_rank", "lora_alpha", "decorator_bound", "eval_episodes")
+
+
 def adapter_manifest(path: str) -> dict:
     """The JSON manifest of a saved adapter <name>.safetensors (<name>.json beside it)."""
     import json
@@ -151,9 +156,16 @@ def adapter_manifest(path: str) -> dict:
                                 f"as finetuning writes under <run-dir>/<run-name>/adapters/)")
     try:
         with open(meta) as f:
-            return json.load(f)
-    except ValueError:
+            m = json.load(f)
+    except (ValueError, UnicodeDecodeError):
         raise ValueError(f"{meta} is not valid JSON; rerun the finetuning that wrote it") from None
+    missing = [k for k in MANIFEST_KEYS if not isinstance(m, dict) or k not in m]
+    missing += [f"config.{k}" for k in MANIFEST_CONFIG if not missing and (not isinstance(m["config"], dict)
+                                                                          or k not in m["config"])]
+    if missing:
+        raise ValueError(f"{meta} is not an adapter manifest (no {', '.join(missing[:3])}); rerun the finetuning "
+                         f"that wrote it")
+    return m
 
 
 def load_adapter(path: str, model: PromptDT) -> tuple[TunedPolicy, dict]:
@@ -162,7 +174,12 @@ def load_adapter(path: str, model: PromptDT) -> tuple[TunedPolicy, dict]:
     from safetensors.torch import load_file
 
     manifest = adapter_manifest(path)
-    c, sd = manifest["config"], load_file(path)
+    try:
+        sd = load_file(path)
+    except Exception as e:  # noqa: BLE001 (a truncated or foreign file: SafetensorError, OSError, ...)
+        raise ValueError(f"{path} is damaged or not a safetensors file ({type(e).__name__}); rerun the finetuning "
+                         f"that wrote it") from None
+    c = manifest["config"]
     prompt = {k[len("prompt_"):]: torch.zeros(sd[k].shape[1:], dtype=sd[k].dtype) for k in PROMPT_KEYS if k in sd}
     if len(prompt) != len(PROMPT_KEYS):
         raise ValueError(f"{path} holds no prompt ({', '.join(k for k in PROMPT_KEYS if k not in sd)} missing)")

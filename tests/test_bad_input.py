@@ -47,6 +47,27 @@ def root(tmp_path_factory):
     (root / "report_trunc" / "x" / "result.json").write_text('{"algo": "sft", "con')
     (root / "report_empty" / "x").mkdir(parents=True)
     (root / "report_empty" / "x" / "result.json").write_text("{}")
+    # a saved adapter, then damaged copies of it (each with its manifest) for evaluate.py and --init-from
+    import sft
+    sft.main(sft.Args(env=ENV, tasks=(TASK,), num_trajs=4, total_steps=2, eval_every=2, eval_episodes=1, batch_size=4,
+                      data_dir=str(root / "data"), pretrained=str(root / "pre.pt"), run_dir=str(root / "saved"),
+                      threads=1, no_presets=True))
+    ad = root / "saved" / f"sft_{ENV}_full_expert_n4_s1" / "adapters" / f"task_{TASK:02d}_selected"
+    good, manifest = ad.with_suffix(".safetensors").read_bytes(), ad.with_suffix(".json").read_text()
+    damaged = {"trunc": good[:1000], "random": np.random.default_rng(1).bytes(5000), "empty": b""}
+    for name, data in damaged.items():
+        (root / "adapters" / name / "adapters").mkdir(parents=True)
+        base = root / "adapters" / name / "adapters" / f"task_{TASK:02d}_selected"
+        base.with_suffix(".safetensors").write_bytes(data)
+        base.with_suffix(".json").write_text(manifest)
+    for name, text in {"nomanifest": "{}", "listmanifest": "[1, 2]", "badjson": '{"config": '}.items():
+        (root / "adapters" / name).mkdir(parents=True)
+        (root / "adapters" / name / "a.safetensors").write_bytes(good)
+        (root / "adapters" / name / "a.json").write_text(text)
+    torch_other = pretrain_pdt.Args(env=ENV, data_dir=str(root / "data"), run_dir=str(root / "pre_runs2"),
+                                    out=str(root / "other.pt"), train_tasks=2, num_trajs=6, n_layer=1, n_embd=16,
+                                    K=5, batch_size=8, total_steps=4, eval_every=4, eval_episodes=1, threads=1, seed=2)
+    pretrain_pdt.main(torch_other)  # same shapes, other weights: another SHA-256
     return root
 
 
@@ -156,13 +177,28 @@ CASES = [(algo, flags, want) for algo in ALGOS for flags, want in [
     ("collect_data", ["--num-envs", "0"], "--num-envs must be -1"),
     ("collect_data", ["--threads", "-2"], "--threads must be 0"),
     ("report", ["runs", "--run-dir", f"{F}/report_trunc", "--out-dir", f"{F}/rep"], "is not a finished result"),
+    # damaged or mismatched inputs, unwritable or full output locations
+    *[("evaluate", [f"{F}/adapters/{d}/adapters/task_{TASK:02d}_selected.safetensors"],
+       "is damaged or not a safetensors file") for d in ("trunc", "random", "empty")],
+    *[("online_grpo", ["--init-from", f"{F}/adapters/{d}"], "is damaged or not a safetensors file")
+      for d in ("trunc", "random", "empty")],
+    ("evaluate", [f"{F}/adapters/nomanifest/a.safetensors"], "is not an adapter manifest (no algo, task, checkpoint)"),
+    ("evaluate", [f"{F}/adapters/listmanifest/a.safetensors"], "is not an adapter manifest"),
+    ("evaluate", [f"{F}/adapters/badjson/a.safetensors"], "a.json is not valid JSON"),
+    ("evaluate", [f"{F}/saved/sft_{ENV}_full_expert_n4_s1/adapters/task_{TASK:02d}_selected.safetensors", "--pretrained", f"{F}/other.pt"], "SHA-256 differs"),
+    ("evaluate", [f"{F}/saved/sft_{ENV}_full_expert_n4_s1/adapters/task_{TASK:02d}_selected.safetensors", "--out", f"{F}/a_file/x.json"], "choose a writable --out"),
+    ("evaluate", [f"{F}/saved/sft_{ENV}_full_expert_n4_s1/adapters/task_{TASK:02d}_selected.safetensors", "--out", f"{F}/saved"], "--out {root}/saved is a folder"),
+    ("pretrain_pdt", ["--out", f"{F}/a_file/x.pt"], "choose a writable --out"),
+    ("pretrain_pdt", ["--out", f"{F}/saved", "--overwrite"], "is a folder; give the checkpoint's file path"),
+    ("pretrain_pdt", ["--run-dir", f"{F}/a_file/pre"], "choose a writable --run-dir"),
+    ("collect_data", ["--data-dir", f"{F}/a_file/col"], "choose a writable --data-dir"),
     ("report", ["runs", "--run-dir", f"{F}/report_empty", "--out-dir", f"{F}/rep"], "delete it and rerun"),
 ]
 
 
 @pytest.mark.parametrize("script,flags,want", CASES, ids=[f"{s}:{' '.join(f)}" for s, f, _ in CASES])
 def test_bad_input_is_one_line_naming_the_fix_and_writes_nothing(root, monkeypatch, capsys, script, flags, want):
-    base = {"pretrain_pdt": PRE, "collect_data": COL, "report": []}.get(script, FT)
+    base = {"pretrain_pdt": PRE, "collect_data": COL, "report": [], "evaluate": []}.get(script, FT)
     argv = [a.replace(F, str(root)) for a in base + flags]
     before = tree(root)
     msg = call(script, argv, monkeypatch, capsys).strip()
@@ -250,3 +286,51 @@ def test_a_run_name_cannot_leave_the_run_dir(root, tmp_path):
         assert out.returncode == 1 and out.stderr.strip().count("\n") == 0, out.stderr[-1000:]
         assert "must be a plain folder name inside --run-dir" in out.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_full_disk_is_refused_before_any_training(root, monkeypatch, capsys):
+    """Too little free space for what a run writes: one line before the training (finetuning, pretraining)."""
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2_000_000, 2_000_000, 1_000))
+    for script, base in (("sft", FT), ("pretrain_pdt", PRE)):
+        argv = [a.replace(F, str(root)) for a in base] + ["--run-dir", str(root / "full" / script)]
+        before = tree(root)
+        msg = call(script, argv, monkeypatch, capsys).strip()
+        assert "\n" not in msg and "0.0 MB free" in msg and "free space or choose another --run-dir" in msg, msg
+        assert {k: v for k, v in tree(root).items() if ".lock" not in k} == before  # no result, no checkpoint
+
+
+def test_track_without_a_wandb_login_is_one_line_and_leaves_no_lock(root, monkeypatch, capsys):
+    import wandb
+
+    def no_login(**kw):
+        raise wandb.errors.UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+
+    monkeypatch.setattr(wandb, "init", no_login)
+    argv = [a.replace(F, str(root)) for a in FT] + ["--run-dir", str(root / "tracked"), "--track"]
+    msg = call("sft", argv, monkeypatch, capsys).strip()
+    assert "\n" not in msg and "--track: wandb did not start (UsageError" in msg and "wandb login" in msg, msg
+    assert not (root / "tracked" / f"sft_{ENV}_full_expert_n4_s1" / ".lock").exists()
+
+
+def test_evaluate_on_another_checkpoint_only_when_forced(root):
+    ad = root / "saved" / f"sft_{ENV}_full_expert_n4_s1" / "adapters" / f"task_{TASK:02d}_selected.safetensors"
+    cmd = [sys.executable, "evaluate.py", str(ad), "--pretrained", str(root / "other.pt"), "--threads", "1"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "SHA-256 differs" in out.stderr and "--force" in out.stderr
+    out = subprocess.run(cmd + ["--force"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "val_return" in out.stdout, out.stderr[-2000:]
+
+
+def test_the_default_checkpoint_is_found_from_another_folder(tmp_path):
+    """pretrained/<env>.pt is resolved from the project root when the working folder has none."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import sft; from common.run import Run; "
+            "a = sft.Args(env='antdir', tasks=(50,), data_dir=sys.argv[2], lr=1e-4); "
+            "Run(a, 'sft')")
+    out = subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path / "nodata")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    # it gets past the checkpoint (found in the project) to the missing dataset
+    assert "collect_data.py --env antdir" in out.stderr and "pretrain_pdt.py" not in out.stderr, out.stderr[-2000:]

@@ -55,3 +55,38 @@ def test_missing_data_and_datasets_are_one_line_errors(tmp_path):
     out = minari_io(tmp_path, "import", "--env", "antdir", "--data-dir", str(tmp_path / "x"))
     assert out.returncode == 1 and "python minari_io.py export --env antdir --quality expert" in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_bad_minari_input_is_one_line_naming_the_fix(tmp_path):
+    tasks = list(spec(ENV).test_tasks[:2])
+    make_fake_data(tmp_path / "data", ENV, tasks, n_trajs=2, length=10, quality="medium")
+    common = ["--env", ENV, "--quality", "medium", "--data-dir", str(tmp_path / "data")]
+    cases = [(["export", *common, "--tasks", "99"], "--tasks [99] are not halfcheetahvel tasks (0..54)"),
+             (["export", *common, "--tasks", str(tasks[0]), str(tasks[0])], "more than once"),
+             (["export", *common, "--tasks", str(spec(ENV).test_tasks[2])], f"--tasks {spec(ENV).test_tasks[2]}")]
+    for argv, want in cases:
+        out = minari_io(tmp_path, *argv)
+        assert out.returncode == 1 and out.stderr.strip().count("\n") == 0 and want in out.stderr, out.stderr[-2000:]
+    # a damaged npz, named with the command that remakes it
+    damaged = tmp_path / "damaged"
+    make_fake_data(damaged, ENV, tasks[:1], n_trajs=2, length=10, quality="medium")
+    path = dataset_path(str(damaged), ENV, "medium", tasks[0])
+    with open(path, "rb") as f:
+        head = f.read(200)
+    with open(path, "wb") as f:
+        f.write(head)
+    out = minari_io(tmp_path, "export", "--env", ENV, "--quality", "medium", "--data-dir", str(damaged))
+    assert out.returncode == 1 and "is damaged (BadZipFile)" in out.stderr and "Traceback" not in out.stderr
+    # Minari's root where nothing can be written: the variable is named
+    (tmp_path / "a_file").write_text("")
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "a_file" / "minari")}
+    out = subprocess.run([sys.executable, "minari_io.py", "export", *common], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 1 and "MINARI_DATASETS_PATH" in out.stderr and out.stderr.strip().count("\n") == 0
+    # a truncated HDF5 file: import names the dataset and the command that remakes it
+    assert minari_io(tmp_path, "export", *common).returncode == 0
+    (h5,) = (tmp_path / "minari").rglob("*.hdf5")
+    h5.write_bytes(h5.read_bytes()[:300])
+    out = minari_io(tmp_path, "import", "--env", ENV, "--quality", "medium", "--data-dir", str(tmp_path / "back"))
+    assert out.returncode == 1 and "is damaged" in out.stderr and "--overwrite" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "back").exists()
