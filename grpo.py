@@ -1,44 +1,28 @@
-"""GRPO: group relative policy optimisation of the pretrained Prompt-DT on a test task's trajectories.
+"""GRPO: group relative policy optimisation of the pretrained Prompt-DT on a task's trajectories.
 
     python grpo.py --env halfcheetahvel --tuning full --seed 1
 
 Offline, as in the paper: a group is the set of the task's finetuning trajectories (they all start
-from the env's reset distribution, which is the closest our data comes to the paper's "same initial
-state"); every action of trajectory k gets its group-normalised return A_k = (R_k - mean R) / std R
-(eq. 8). The loss (eq. 5) is the clipped surrogate min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)
-with ratio pi(a|s)/pi_old(a|s) on the data actions, plus beta times the KL to the pretrained
-policy pi_ref. pi(a|s) is a Gaussian around the DT's action mu(s) with a fixed std (--policy-std).
+from the env's reset distribution, the closest our data come to the paper's "same initial state");
+every action of trajectory k gets its group-normalised return A_k = (R_k - mean R) / std R (eq. 8).
+The loss (eq. 5) is the clipped surrogate min(ratio A, clip(ratio, 1 - eps, 1 + eps) A) with ratio
+pi(a|s)/pi_old(a|s) on the data actions, plus beta times the KL to the pretrained policy pi_ref.
+pi(a|s) is a Gaussian around the DT's action mu(s) with a fixed std (--policy-std); pi_ref's actions
+for every window of the task are computed once (ref_actions).
 
-Where we depart from the paper, and why (measured on halfcheetahvel, full tuning):
+Where we depart from the paper, and why (the measurements and the search history: docs/design.md):
 - KL: eq. 7's estimator pi_ref/pi - log(pi_ref/pi) - 1 is unbiased for KL(pi || pi_ref) only at
   actions drawn from pi; at the data actions it estimates nothing. For two Gaussians of one std the
   KL is exact and cheap, |mu - mu_ref|^2 / (2 std^2), and we use that.
-- One gradient step per batch by default (--update-epochs 1): the ratio is then 1 at every gradient,
-  the clip never binds, and the step is advantage-weighted imitation, (bc + A) grad log pi, plus the
-  KL. --update-epochs n holds pi_old for n steps on the same batch (as in PPO), so that the ratio moves
-  away from 1 and the clip bounds each iteration's step (refreshed every other step, as a first version
-  did, it never bound). The search over {4, 1} chose 1 on both envs it ran on. On MetaWorld at 4 steps
-  every anchored point validated far below SFT (success 0.15-0.35 against 0.55; at bc 10, where the loss
-  is SFT's up to a +-A/bc re-weighting, task 48 fell from 0.2 zero-shot to 0.0-0.3 while SFT reached
-  1.0); at 1 three of the four reached 0.50-0.65. On AntDir 1 won by a margin within noise (485.6 vs
-  471.2); PPO showed the same on both envs (ppo.py; benchmark/results/tune). A probe with 4x the steps at 4
-  per batch (as many distinct batches) validated at 0.50, then collapsed late (KL 289 nats): the reuse
-  cost data per step early and stability late (benchmark/results/tune/README.md).
 - An imitation anchor, --bc-weight times the data's negative log-likelihood (InstructGPT's PPO-ptx
-  term). On a near-deterministic expert's data the normalised returns are mostly noise, and with a
-  fixed std a negative advantage pushes mu away from the data action without limit (|mu - a| went
-  0.032 -> 0.166 in 150 steps). With the anchor each data action pulls mu by (bc + ratio A)(a - mu)
-  / std^2 while the surrogate's gradient is on, and near the data the ratio is close to 1 (at most
-  exp(|a - mu_old|^2 / (2 std^2))): the advantage re-weights imitation. If bc < |A| the pull is a
-  push: the clip stops it once the ratio falls below 1 - eps, but the next pi_old starts it again,
-  so the policy walks away from that action until the KL holds it (MetaWorld, bc 1: KL to pi_ref
-  3-48 nats, |mu - mu_ref| up to 1, and task 47 fell from 38 to 2). Normalised returns of N
-  trajectories satisfy |A| <= sqrt(N - 1), so bc >= (1 + eps) sqrt(N - 1) (8.4 for 50
-  trajectories) keeps every data action attracting for ratios up to 1 + eps (tested); in the search
-  it validated below bc 1 on both envs, so the presets keep bc 1 (benchmark/results/tune).
-  With A = 0 everywhere the loss is the anchor plus the KL, whose minimum lies between the data and
-  pi_ref.
-pi_ref's actions for every window of the task are computed once (ref_actions).
+  term). On an expert's data the normalised returns are mostly noise, and with a fixed std a negative
+  advantage pushes mu away from the data action without limit (|mu - a| went 0.032 -> 0.166 in 150
+  steps). With the anchor each data action pulls mu by (bc + ratio A)(a - mu) / std^2: the advantage
+  re-weights imitation. Normalised returns of N trajectories satisfy |A| <= sqrt(N - 1), so
+  bc >= (1 + eps) sqrt(N - 1) (8.4 for 50 trajectories) keeps every data action attracting (tested).
+- --update-epochs n holds pi_old and the batch for n steps so that the clip can bind; the default 1
+  (ratio 1, the clip inactive: advantage-weighted imitation plus the KL) validated above 4 on AntDir
+  and MetaWorld.
 """
 from __future__ import annotations
 
