@@ -115,7 +115,7 @@ class TunedPolicy(nn.Module):
         return sum(p.numel() for p in ps), sum(p.numel() * p.element_size() for p in ps)
 
 
-# A saved adapter (finetune.py --save-model): the trainable parameters of a TunedPolicy plus the task's
+# A saved adapter (a finetuning script's --save-model): the trainable parameters of a TunedPolicy plus the task's
 # prompt, in safetensors (no pickled code), beside a JSON manifest of how to rebuild and evaluate it.
 # With the pretrained checkpoint it names, the two files are the whole finetuned policy.
 PROMPT_KEYS = ("prompt_states", "prompt_actions", "prompt_rtg", "prompt_timesteps", "prompt_mask")
