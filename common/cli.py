@@ -1,6 +1,7 @@
 """The command-line entry every script shares: tyro parsing, and one-line errors instead of tracebacks."""
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -17,7 +18,11 @@ def run(main, args_type, default=None, description: str | None = None) -> None:
     resume (everything written is complete: files are written atomically, finished tasks are kept)."""
     import tyro
 
-    args = tyro.cli(args_type, default=default, description=description)
+    try:
+        args = tyro.cli(args_type, default=default, description=description)
+    except BrokenPipeError:  # --help piped into head: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main(args)
