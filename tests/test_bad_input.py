@@ -334,3 +334,9 @@ def test_the_default_checkpoint_is_found_from_another_folder(tmp_path):
                          capture_output=True, text=True, timeout=300)
     # it gets past the checkpoint (found in the project) to the missing dataset
     assert "collect_data.py --env antdir" in out.stderr and "pretrain_pdt.py" not in out.stderr, out.stderr[-2000:]
+
+
+def test_help_piped_into_head_ends_quietly():
+    out = subprocess.run(f"{sys.executable} sft.py --help | head -1", shell=True, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.startswith("usage: sft.py") and "Traceback" not in out.stderr, out.stderr[-2000:]
