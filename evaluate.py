@@ -20,11 +20,9 @@ import tyro
 from common.cli import run as cli
 from common.envs import spec
 from common.files import check_writable, file_sha256
-from common.model import load_pretrained
+from common.model import in_project, load_pretrained
 from common.rollout import evaluate_policy
 from common.tuning import adapter_manifest, load_adapter
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
@@ -55,9 +53,7 @@ def main(args: Args) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     env, task = m["config"]["env"], m["task"]
-    ckpt = args.pretrained or m["pretrained"]
-    if not args.pretrained and not os.path.isabs(ckpt) and not os.path.exists(ckpt):
-        ckpt = os.path.join(ROOT, ckpt)  # a default checkpoint, named relative to the project root
+    ckpt = args.pretrained or in_project(m["pretrained"])
     if os.path.exists(ckpt) and file_sha256(ckpt) != m["pretrained_sha256"] and not args.force:
         raise ValueError(f"{ckpt} is not the checkpoint {args.adapter} was trained from (SHA-256 differs; it was "
                          f"{m['pretrained']}); pass that one with --pretrained, or --force to evaluate anyway")

@@ -13,7 +13,8 @@ sys.path.insert(0, ROOT)
 
 from benchmark.stats import t_interval  # noqa: E402
 from common.flags import ALGOS  # noqa: E402  (the paper's column order)
-from common.tuning import TUNINGS, format_bytes  # noqa: E402
+from common.files import format_bytes  # noqa: E402
+from common.tuning import TUNINGS  # noqa: E402
 
 from benchmark.report_common import (DEFAULT_SIZE, ELABEL, ENVS, LABEL, ONLINE, PAPER_TABLE2, PAPER_TABLE6,  # noqa: E402
                                      SETTING, TLABEL, at_main_alpha, fmt, groups, main_setting, md_table, normalised,

@@ -78,8 +78,8 @@ def atomic_torch_save(obj, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _size(n: float) -> str:
-    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
+def format_bytes(n: int) -> str:
+    return f"{n / 1e3:.2f} KB" if n < 1e5 else f"{n / 1e6:.2f} MB"
 
 
 def check_folder(folder: str, where: str, need_bytes: int = 0) -> None:
@@ -96,7 +96,7 @@ def check_folder(folder: str, where: str, need_bytes: int = 0) -> None:
         raise ValueError(f"cannot write into {folder} ({e.strerror}); choose a writable {where}") from None
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
-        raise ValueError(f"{folder} has {_size(free)} free and this writes about {_size(need_bytes)}; free space "
+        raise ValueError(f"{folder} has {format_bytes(free)} free and this writes about {format_bytes(need_bytes)}; free space "
                          f"or choose another {where}")
 
 

@@ -11,6 +11,7 @@ buffers saved with the weights, so a checkpoint is self-contained.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -149,6 +150,15 @@ def pretrain_command(env: str, cfg: dict | None = None, out: str = "") -> str:
         extra = "".join(f" --{k.replace('_', '-')} {cfg[k]}" for k in ("n_layer", "n_embd", "n_head")
                         if cfg[k] != ModelConfig.__dataclass_fields__[k].default)
     return f"python pretrain_pdt.py --env {env}{extra}" + (f" --out {out}" if out else "")
+
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def in_project(path: str) -> str:
+    """A relative path that does not exist from the working folder, taken from the project root instead (the
+    shipped pretrained/<env>.pt, when a script runs from another folder)."""
+    return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(PROJECT_ROOT, path)
 
 
 def default_checkpoint(env: str, n_layer: int = 3, n_embd: int = 128, n_head: int = 1) -> str:

@@ -30,12 +30,12 @@ import torch
 
 from common.data import QUALITIES, load_trajectories, pack, sparsify
 from common.envs import spec
-from common.files import atomic_write_json, check_folder, file_sha256, lock_folder
+from common.files import atomic_write_json, check_folder, file_sha256, format_bytes, lock_folder
 from common.flags import NOT_RESULT, FinetuneArgs, check_args, preset, preset_line
-from common.model import default_checkpoint, load_pretrained, num_params, seen_in_pretraining
+from common.model import default_checkpoint, in_project, load_pretrained, num_params, seen_in_pretraining
 from common.rollout import (EVAL_EPISODES, check_rendering, evaluate_policy, save_video, selection_key, summarise,
                             task_prompt_and_target)
-from common.tuning import TunedPolicy, adapter_manifest, adapter_state, format_bytes, load_adapter, save_adapter
+from common.tuning import TunedPolicy, adapter_manifest, adapter_state, load_adapter, save_adapter
 
 
 def run_name(algo: str, env: str = "halfcheetahvel", tuning: str = "full", quality: str = "expert",
@@ -75,9 +75,7 @@ class Run:
         if args.threads:
             torch.set_num_threads(args.threads)
         self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-        self.ckpt = args.pretrained or default_checkpoint(args.env)
-        if not args.pretrained and not os.path.exists(self.ckpt):  # run from another folder: the project's own
-            self.ckpt = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), self.ckpt)
+        self.ckpt = args.pretrained or in_project(default_checkpoint(args.env))
         self.model = load_pretrained(self.ckpt, args.env, self.sp.obs_dim, self.sp.act_dim, self.device)
         self.model.requires_grad_(False)
         seen = seen_in_pretraining(self.all_tasks, self.model.pretrain_tasks, self.sp)

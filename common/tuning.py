@@ -192,7 +192,3 @@ def load_adapter(path: str, model: PromptDT) -> tuple[TunedPolicy, dict]:
                          f"load it onto the checkpoint it was trained from: {manifest['pretrained']}")
     policy.load_state_dict(sd, strict=False)
     return policy.eval(), manifest
-
-
-def format_bytes(n: int) -> str:
-    return f"{n / 1e3:.2f} KB" if n < 1e5 else f"{n / 1e6:.2f} MB"

@@ -299,7 +299,7 @@ def test_a_full_disk_is_refused_before_any_training(root, monkeypatch, capsys):
         argv = [a.replace(F, str(root)) for a in base] + ["--run-dir", str(root / "full" / script)]
         before = tree(root)
         msg = call(script, argv, monkeypatch, capsys).strip()
-        assert "\n" not in msg and "0.0 MB free" in msg and "free space or choose another --run-dir" in msg, msg
+        assert "\n" not in msg and "1.00 KB free" in msg and "free space or choose another --run-dir" in msg, msg
         assert {k: v for k, v in tree(root).items() if ".lock" not in k} == before  # no result, no checkpoint
 
 
