@@ -67,6 +67,15 @@ def file_sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def read_json(path: str):
+    """A JSON file's content, or None when it is missing or unreadable (a cache entry to remake)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def atomic_write_json(path: str, obj) -> None:
     atomic_write(path, lambda f: json.dump(obj, f, indent=1), "w")
 

@@ -20,6 +20,7 @@ A lock file excludes a second process with the same run name.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import torch
 
 from common.data import QUALITIES, load_trajectories, pack, sparsify
 from common.envs import spec
-from common.files import atomic_write_json, check_folder, file_sha256, format_bytes, lock_folder
+from common.files import atomic_write_json, check_folder, file_sha256, format_bytes, lock_folder, read_json
 from common.flags import NOT_RESULT, FinetuneArgs, check_args, preset, preset_line
 from common.model import default_checkpoint, in_project, load_pretrained, num_params, seen_in_pretraining
 from common.rollout import (EVAL_EPISODES, check_rendering, evaluate_policy, save_video, selection_key, summarise,
@@ -90,6 +91,7 @@ class Run:
         if args.capture_video:
             check_rendering(args.env)
         self.t0, self.step_time, self.trainable = time.perf_counter(), 0.0, None
+        self._ckpt_hash = None  # the checkpoint's SHA-256, for the zero-shot cache key
         self.results, self.times, self.saved = {}, {}, None  # task -> its summary, its times; a finished result
         # room for what the run writes (task and result files; the adapters, at most the whole model per task),
         # checked now so that a full or read-only disk fails before the training, not after it
@@ -216,11 +218,17 @@ class Run:
         else:
             self.step_time += now - self._clock
         was_training = policy.training
-        point = {"step": step, **evaluate_policy(policy.eval(), a.env, task, self.data[task]["target"],
-                                                 a.eval_episodes, self.device), **(logs or {})}
+        cache = self._zero_shot_path(policy, task) if step == 0 else None
+        scores = read_json(cache) if cache else None  # None: not cached yet (or an unreadable entry)
+        hit = scores is not None
+        if not hit:
+            scores = evaluate_policy(policy.eval(), a.env, task, self.data[task]["target"], a.eval_episodes, self.device)
+            if cache:
+                atomic_write_json(cache, scores)
+        point = {"step": step, **scores, **(logs or {})}
         policy.train(was_training)
         if step == 0:
-            print(f"task {task}: zero-shot return {point['return']:.1f}")
+            print(f"task {task}: zero-shot return {point['return']:.1f}" + (" (cached)" if hit else ""))
         else:
             done = self.tasks.index(task) * a.total_steps + step  # steps of this process's tasks so far
             sps = done / self.step_time if self.step_time else 0
@@ -240,6 +248,28 @@ class Run:
                           step=self.global_step(task, step))
         self._clock = time.perf_counter()
         return point
+
+    def _zero_shot_path(self, policy: TunedPolicy, task: int) -> str:
+        """Where the zero-shot evaluation of this exact policy is kept, shared by the runs of a --run-dir.
+        Step 0 depends only on the policy's parameters and buffers (pretrained model, prompt, the tuning's
+        initial adapter: LoRA's B and the decorator's last layer start at zero, so every tuning and algorithm
+        starts from the same actions), the checkpoint file, the code in common/, the episodes and the target;
+        the key hashes all of them, so the algorithms and seeds of a grid evaluate each task's zero-shot once
+        and any change makes a new entry. The numbers are those a fresh evaluation gives, bit for bit."""
+        a, h = self.args, hashlib.sha256()
+        if self._ckpt_hash is None:
+            self._ckpt_hash = file_sha256(self.ckpt)
+        code = os.path.dirname(os.path.abspath(__file__))
+        for f in sorted(os.listdir(code)):
+            if f.endswith(".py"):
+                with open(os.path.join(code, f), "rb") as fh:
+                    h.update(fh.read())
+        for k, v in sorted(policy.state_dict().items()):
+            h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+        h.update(json.dumps([self._ckpt_hash, a.env, task, a.eval_episodes, self.data[task]["target"], a.tuning,
+                             a.lora_alpha, a.decorator_bound, str(self.device), torch.__version__,
+                             torch.get_num_threads()]).encode())
+        return os.path.join(a.run_dir, ".zero_shot", h.hexdigest()[:32] + ".json")
 
     def select(self, policy: TunedPolicy, curve: list[dict]) -> None:
         """Checkpoint selection for --save-model: keeps a copy of the policy's trainable parameters when the

@@ -292,6 +292,24 @@ def test_a_fixed_seed_gives_identical_results(setup, algo):
     assert c["tasks"] != a["tasks"]
 
 
+def test_zero_shot_is_evaluated_once_per_policy_and_the_cache_changes_no_number(setup, capsys):
+    # every tuning starts from the pretrained policy's actions (LoRA's B and the decorator's output are zero)
+    fresh = {t: run_algo(setup, "sft", run_dir=f"zs_{t}", tuning=t)["tasks"][0]["curve"][0] for t in TUNINGS}
+    assert all(p == fresh["full"] for p in fresh.values())
+    assert "(cached)" not in capsys.readouterr().out
+    cache = setup / "zs_full" / ".zero_shot"
+    assert len(os.listdir(cache)) == 1
+    shared = run_algo(setup, "dpo", run_dir="zs_full", seed=2)  # another algorithm and seed, the same policy
+    assert "zero-shot return" in (out := capsys.readouterr().out) and "(cached)" in out
+    assert shared["tasks"][0]["curve"][0] == fresh["full"]
+    run_algo(setup, "sft", run_dir="zs_full", quality="medium")  # another prompt and target: its own entry
+    assert "(cached)" not in capsys.readouterr().out and len(os.listdir(cache)) == 2
+    for f in os.listdir(cache):  # a damaged entry is evaluated again and rewritten
+        (cache / f).write_text("{")
+    again = run_algo(setup, "cql", run_dir="zs_full")
+    assert "(cached)" not in capsys.readouterr().out and again["tasks"][0]["curve"][0] == fresh["full"]
+
+
 def test_a_nan_loss_stops_the_run_without_a_result(setup, monkeypatch):
     import sft
     real = sft.sft_loss

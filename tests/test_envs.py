@@ -3,6 +3,7 @@ and splits, and the batched stepper."""
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from common.envs import ENV_NAMES, VecEnv, make_env, spec
 
@@ -130,6 +131,25 @@ def test_vecenv_is_deterministic_and_runs_episodes_to_the_horizon(name):
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
     assert obs0.shape == (2, s.obs_dim)
+
+
+@pytest.mark.parametrize("name", ["antdir", "metaworld"])
+def test_evaluations_reuse_their_envs_and_run_the_same_episodes_as_fresh_ones(name):
+    from common import rollout
+
+    s = spec(name)
+    w = torch.as_tensor(np.random.default_rng(0).normal(size=(s.obs_dim, s.act_dim)) / np.sqrt(s.obs_dim),
+                        dtype=torch.float32)
+    act = lambda st, ac, r, t, m: torch.tanh(st[:, -1] @ w)  # noqa: E731 (a policy that reacts to the state)
+    a, b = s.test_tasks[0], s.test_tasks[1]
+    rollout._VEC_ENVS.clear()
+    fresh = rollout.evaluate(act, name, [a], 2, [0.0], K=2)
+    envs = rollout._VEC_ENVS[name, 2]
+    rollout.evaluate(act, name, [b], 2, [0.0], K=2)  # another task in the same envs in between
+    again = rollout.evaluate(act, name, [a], 2, [0.0], K=2)
+    assert rollout._VEC_ENVS[name, 2] is envs
+    np.testing.assert_array_equal(fresh["returns"], again["returns"])
+    np.testing.assert_array_equal(fresh["success"], again["success"])
 
 
 def test_vecenv_freezes_finished_envs_and_truncates_at_horizon():
