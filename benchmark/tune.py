@@ -16,6 +16,12 @@ killed search continues where it stopped) of --steps steps on the env's first tw
 2. at that learning rate, each method's own weight (GRID: two or three values, the script's default first);
 3. QP-DPO's alpha at the beta DPO chose (QP-DPO is DPO plus the Q term, eq. 14).
 Budget: 3 + 4 x 2 + 2 x 3 = 17 points x 2 tasks = 34 task-runs of --steps steps per env and tuning.
+--weights-from full runs only stage 1 for the other tunings and gives each method full tuning's weights
+(3 points x 2 tasks): MetaWorld's budget, where a point takes ~10 min on one core against AntDir's ~5;
+on AntDir the weights whose choice mattered (GRPO's and PPO's bc_weight 10, QP-SFT's alpha <= 0.1) were
+the same in all four tunings, and the other choices were within noise (benchmark/results/tune/README.md).
+
+    python benchmark/tune.py --envs metaworld --tunings lora decorator prompt --weights-from full
 A point's score is its validation score at its selected checkpoint (mean over tasks of the best validation
 evaluation; MetaWorld: validation success, then return). The winners go to common/presets.json as
 {env: {tuning: {algo: {flag: value}}}}, the finetuning scripts' defaults; each table to <out-dir>/<env>.md.
@@ -106,11 +112,25 @@ def results(env: str, tuning: str, pairs: list[tuple[str, dict]], args) -> list[
     return out
 
 
+def carried_weights(env: str, tuning: str, lr: float, args) -> dict:
+    """--weights-from: every method at the learning rate stage 1 chose, with the weights the search of
+    tuning args.weights_from chose for it in this env (common/presets.json)."""
+    src = load_presets().get(env, {}).get(args.weights_from, {})
+    missing = [a for a in GRID if a in args.algos and a not in src]
+    if missing:
+        raise SystemExit(f"error: --weights-from {args.weights_from}: {env} has no {args.weights_from} presets for "
+                         f"{', '.join(missing)}; search them first: python benchmark/tune.py --envs {env} "
+                         f"--tunings {args.weights_from}")
+    return {a: {"lr": lr, **{k: v for k, v in src[a].items() if k != "lr"}} for a in GRID if a in args.algos}
+
+
 def choose(env: str, tuning: str, args, run: bool) -> tuple[dict, list]:
     """Run (if `run`) and pick the three stages in order; returns {algo: chosen point} and every scored row.
-    A stage whose runs are not all there stops the picking (its later stages need it)."""
+    A stage whose runs are not all there stops the picking (its later stages need it). With --weights-from
+    (and another tuning) only stage 1 runs; the weights are carried over (rows with no result)."""
     chosen, rows = {}, []
-    for stage in (1, 2, 3):
+    carry = args.weights_from and tuning != args.weights_from
+    for stage in ((1,) if carry else (1, 2, 3)):
         pairs = stage_points(stage, env, tuning, chosen, args.algos)
         if run and pairs:
             cmds = [command(a, env, tuning, pt, args) for a, pt in pairs]
@@ -127,6 +147,10 @@ def choose(env: str, tuning: str, args, run: bool) -> tuple[dict, list]:
                     chosen[algo] = best
         if len(done) < len(pairs):
             break
+    if carry and "sft" in chosen:
+        carried = carried_weights(env, tuning, chosen["sft"]["lr"], args)
+        chosen.update(carried)
+        rows += [(2, a, pt, None, None, True) for a, pt in carried.items()]
     return chosen, rows
 
 
@@ -138,6 +162,10 @@ def table(env: str, tuning: str, rows: list, args) -> list[str]:
            "| stage | algorithm | point | validation (selected)" + (" success / return" if mw else "")
            + " | reporting: selected | reporting: final | |", "|---|---|---|---|---|---|---|"]
     for stage, algo, pt, sc, res, best in rows:
+        if res is None:  # --weights-from
+            out.append(f"| {stage} | {algo} | {', '.join(f'{k}={fmt(v)}' for k, v in pt.items())} | weights from "
+                       f"{args.weights_from} tuning, not searched | | | **chosen** |")
+            continue
         val = f"{sc[0]:.2f} / {sc[1]:.1f}" if mw else f"{sc[1]:.1f}"
         out.append(f"| {stage} | {algo} | {', '.join(f'{k}={fmt(v)}' for k, v in pt.items())} | {val} | "
                    f"{res['selected']:.1f} | {res['final']:.1f} | {'**chosen**' if best else ''} |")
@@ -150,6 +178,7 @@ def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
     for env in envs:
         md = [f"# Hyperparameter search on {env} (validation tasks {', '.join(map(str, TUNE_TASKS[env]))})\n",
               f"Made by `python benchmark/tune.py --envs {env} --tunings {' '.join(tunings)} --steps {args.steps} "
+              + (f"--weights-from {args.weights_from} " if args.weights_from else "") +
               f"--eval-every {args.eval_every}" + (f" --episodes {args.episodes}" if args.episodes else "")
               + f"`: expert data, {args.num_trajs} trajectories, seed 1, {args.episodes or EVAL_EPISODES[env]} validation "
               f"and as many reporting episodes per evaluation. Chosen by the validation score at the selected checkpoint"
@@ -186,6 +215,9 @@ def main() -> int:
     ap.add_argument("--tunings", nargs="+", default=list(TUNINGS), choices=TUNINGS)
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS,
                     help="limit the search to these algorithms (SFT's learning-rate stage always runs)")
+    ap.add_argument("--weights-from", default="", choices=["", *TUNINGS],
+                    help="search only the learning rate (stage 1) of the other tunings and give every method the "
+                         "weights this tuning's search chose in the env (a third of the budget: 3 points per tuning)")
     ap.add_argument("--steps", type=int, default=200, help="gradient steps per task")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--episodes", type=int, default=0,

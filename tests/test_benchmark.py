@@ -167,7 +167,7 @@ def test_tune_runs_its_stages_on_validation_tasks_and_writes_presets(smoke_root,
     out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "RFT_PRESETS": str(presets)}, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    runs = sorted((tmp_path / "runs").iterdir())
+    runs = sorted(r for r in (tmp_path / "runs").iterdir() if not r.name.startswith("."))  # not the zero-shot cache
     assert len(runs) == 6  # 3 learning rates (SFT), then qp_sft's 3 alphas
     val, lrs = {}, {}
     for r in runs:
@@ -180,6 +180,17 @@ def test_tune_runs_its_stages_on_validation_tasks_and_writes_presets(smoke_root,
     assert val[chosen["qp_sft"]["alpha"]] == max(val.values()) and chosen["qp_sft"]["lr"] == chosen["sft"]["lr"]
     md = (tmp_path / "halfcheetahvel.md").read_text()
     assert md.count("| qp_sft |") == 3 and md.count("| sft |") == 3 and md.count("**chosen**") == 2
+    # --weights-from full: lora searches only its learning rate; qp_sft takes full tuning's alpha at that rate
+    lora = [*cmd, "--weights-from", "full"]
+    lora[lora.index("--tunings") + 1] = "lora"
+    out = subprocess.run(lora, cwd=ROOT, env={**os.environ, "RFT_PRESETS": str(presets)}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    new = [r for r in (tmp_path / "runs").iterdir() if r not in runs and not r.name.startswith(".")]
+    assert len(new) == 3 and all("_sft_" in r.name and "_lora_" in r.name for r in new)
+    both = json.loads(presets.read_text())["halfcheetahvel"]
+    assert both["lora"]["qp_sft"] == {"lr": both["lora"]["sft"]["lr"], "alpha": chosen["qp_sft"]["alpha"]}
+    assert both["full"] == chosen and "weights from full tuning" in (tmp_path / "halfcheetahvel.md").read_text()
     # --pick-only --dry-run prints the table and writes nothing
     (tmp_path / "halfcheetahvel.md").unlink()
     presets.unlink()

@@ -111,7 +111,7 @@ def test_online_lr_is_the_factor_times_the_offline_default_unless_given(setup, l
 
 def test_init_from_starts_online_finetuning_at_the_offline_runs_selected_checkpoint(setup):  # noqa: F811
     off = run_algo(setup, "sft", run_dir="offline", tuning="lora", total_steps=4, eval_every=2)
-    (folder,) = [str(d) for d in (setup / "offline").iterdir()]
+    (folder,) = [str(d) for d in (setup / "offline").iterdir() if not d.name.startswith(".")]  # not .zero_shot
     mod = importlib.import_module("online_grpo")
     base = dict(env=ENV, tasks=(TASK,), num_trajs=4, total_steps=1, eval_every=1, eval_episodes=1, group_size=2,
                 data_dir=str(setup / "data"), pretrained=str(setup / "pre.pt"), threads=1, tuning="lora")
