@@ -307,7 +307,9 @@ def runtime_section(runs) -> list[str]:
            "Mean over the runs of each cell (envs and seeds), divided by SFT's in the same tuning; the runs shared "
            "the machine two at a time with one torch thread each. Wall time is the whole run; train time only the "
            "gradient steps (it leaves out the evaluations and the one-off reference / target tables and critic "
-           "warm-ups, whose share shrinks as the number of steps grows).\n"]
+           "warm-ups, whose share shrinks as the number of steps grows). A task's zero-shot evaluation is made by "
+           "the first run that reaches it and read from the run dir's cache by the others (common/run.py), so the "
+           "wall-time ratios favour the algorithms that ran later; the train-time ratios are the fair ones.\n"]
     for key, what in (("wall_time_s", "wall time"), ("train_time_s", "train time")):
         rows = []
         for tuning in present(runs, "tuning", TUNINGS):
