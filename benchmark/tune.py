@@ -22,6 +22,12 @@ on AntDir the weights whose choice mattered (GRPO's and PPO's bc_weight 10, QP-S
 the same in all four tunings, and the other choices were within noise (benchmark/results/tune/README.md).
 
     python benchmark/tune.py --envs metaworld --tunings lora decorator prompt --weights-from full
+
+--online searches the online comparison's settings (benchmark/online.sh) on the same validation tasks and
+by the same score: online GRPO's and online PPO's learning-rate factor (0.1, 1), then mixed GRPO's offline
+members per group (2, 4) at GRPO's factor; 6 points, tables in <out-dir>/<env>_online.md.
+
+    python benchmark/tune.py --envs metaworld antdir --online
 A point's score is its validation score at its selected checkpoint (mean over tasks of the best validation
 evaluation; MetaWorld: validation success, then return). The winners go to common/presets.json as
 {env: {tuning: {algo: {flag: value}}}}, the finetuning scripts' defaults; each table to <out-dir>/<env>.md.
@@ -56,6 +62,12 @@ GRID = {
     "qp_dpo": {"alpha": [0.1, 0.01, 1.0]},
 }
 ALGOS = ("sft", *GRID)
+# --online: the online comparison's settings (benchmark/online.sh, full tuning), searched the same way: each online
+# script's learning-rate factor (stage 1), then mixed GRPO's offline members per group at GRPO's factor (stage 2).
+# Presets [env]["full"]: "online_grpo" and "online_ppo" {lr_factor}; "online_grpo_mixed" {lr_factor,
+# offline_members}, which benchmark/online.sh passes to its mixed-GRPO runs.
+ONLINE_GRID = {"online_grpo": {"lr_factor": [0.1, 1.0]}, "online_ppo": {"lr_factor": [0.1, 1.0]}}
+MIXED_MEMBERS = (2, 4)  # of a group of 8 (--members)
 # the first two validation tasks of each env: a rule fixed before any result (validation tasks are a seeded draw)
 TUNE_TASKS = {env: spec(env).val_tasks[:2] for env in ENVS}
 
@@ -71,8 +83,13 @@ def run_name(algo: str, env: str, tuning: str, point: dict) -> str:
 def command(algo: str, env: str, tuning: str, point: dict, args) -> str:
     flags = " ".join(f"--{k.replace('_', '-')} {fmt(v)}" for k, v in point.items())
     tasks = " ".join(map(str, TUNE_TASKS[env]))
-    return (f"python {algo}.py --env {env} --tuning {tuning} --seed 1 --tasks {tasks} --total-steps {args.steps} "
-            f"--eval-every {args.eval_every} --eval-episodes {args.episodes or EVAL_EPISODES[env]} --num-trajs {args.num_trajs} "
+    if algo.startswith("online"):  # iterations of --group-size rollouts, as benchmark/online.sh runs them
+        script, steps = algo.replace("_mixed", ""), (f"--total-steps {args.online_iters} --eval-every {args.online_eval} "
+                                                      f"--group-size {args.group_size}")
+    else:
+        script, steps = algo, f"--total-steps {args.steps} --eval-every {args.eval_every}"
+    return (f"python {script}.py --env {env} --tuning {tuning} --seed 1 --tasks {tasks} {steps} "
+            f"--eval-episodes {args.episodes or EVAL_EPISODES[env]} --num-trajs {args.num_trajs} "
             f"--data-dir {args.data_dir} --run-dir {args.run_dir} --run-name {run_name(algo, env, tuning, point)} "
             f"--no-presets --save-model none" + (f" --pretrained {args.pretrained}" if args.pretrained else "")
             + f" {flags}")
@@ -100,6 +117,14 @@ def stage_points(stage: int, env: str, tuning: str, chosen: dict, algos=ALGOS) -
         return []
     beta = chosen["dpo"]["beta"] if "dpo" in chosen else GRID["dpo"]["beta"][0]  # DPO's beta, once it is chosen
     return [("qp_dpo", {"lr": lr, "beta": beta, "alpha": v}) for v in GRID["qp_dpo"]["alpha"]]
+
+
+def online_points(stage: int, env: str, tuning: str, chosen: dict, algos=(), members=MIXED_MEMBERS) -> list[tuple[str, dict]]:
+    """--online's (algo, point) pairs: the scripts' learning-rate factors, then mixed GRPO's offline members."""
+    if stage == 1:
+        return [(a, {k: v}) for a, grid in ONLINE_GRID.items() for k, vals in grid.items() for v in vals]
+    return [("online_grpo_mixed", {"lr_factor": chosen["online_grpo"]["lr_factor"], "offline_members": k})
+            for k in members]
 
 
 def results(env: str, tuning: str, pairs: list[tuple[str, dict]], args) -> list[tuple[str, dict, dict]]:
@@ -130,8 +155,9 @@ def choose(env: str, tuning: str, args, run: bool) -> tuple[dict, list]:
     (and another tuning) only stage 1 runs; the weights are carried over (rows with no result)."""
     chosen, rows = {}, []
     carry = args.weights_from and tuning != args.weights_from
-    for stage in ((1,) if carry else (1, 2, 3)):
-        pairs = stage_points(stage, env, tuning, chosen, args.algos)
+    for stage in (1, 2) if args.online else (1,) if carry else (1, 2, 3):
+        pairs = (online_points(stage, env, tuning, chosen, members=args.members) if args.online
+                 else stage_points(stage, env, tuning, chosen, args.algos))
         if run and pairs:
             cmds = [command(a, env, tuning, pt, args) for a, pt in pairs]
             runner = [sys.executable, os.path.join(ROOT, "benchmark", "run.py"), "-", "--workers", str(args.workers),
@@ -175,30 +201,39 @@ def table(env: str, tuning: str, rows: list, args) -> list[str]:
 def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
     load_presets()  # a damaged file fails now, before any run
     new = {}  # {env: {tuning: {algo: point}}} chosen here
+    if args.online:
+        tunings = ["full"]  # the online comparison's tuning
+    how = (f"--online --online-iters {args.online_iters} --online-eval {args.online_eval} --group-size {args.group_size}"
+           if args.online else f"--tunings {' '.join(tunings)} --steps {args.steps} "
+           + (f"--weights-from {args.weights_from} " if args.weights_from else "") + f"--eval-every {args.eval_every}")
     for env in envs:
-        md = [f"# Hyperparameter search on {env} (validation tasks {', '.join(map(str, TUNE_TASKS[env]))})\n",
-              f"Made by `python benchmark/tune.py --envs {env} --tunings {' '.join(tunings)} --steps {args.steps} "
-              + (f"--weights-from {args.weights_from} " if args.weights_from else "") +
-              f"--eval-every {args.eval_every}" + (f" --episodes {args.episodes}" if args.episodes else "")
+        md = [f"# Hyperparameter search on {env}{', online comparison' if args.online else ''} (validation tasks "
+              f"{', '.join(map(str, TUNE_TASKS[env]))})\n",
+              f"Made by `python benchmark/tune.py --envs {env} {how}" + (f" --episodes {args.episodes}" if args.episodes else "")
               + f"`: expert data, {args.num_trajs} trajectories, seed 1, {args.episodes or EVAL_EPISODES[env]} validation "
               f"and as many reporting episodes per evaluation. Chosen by the validation score at the selected checkpoint"
               + (" (success, then return)" if env == "metaworld" else "")
               + "; the reporting columns (the same validation tasks' reporting episodes) are for information only.\n"]
         for tuning in tunings:
             chosen, rows = choose(env, tuning, args, run)
+            if "online_grpo_mixed" in chosen:  # the group its members were searched in: online.sh scales them to its own
+                chosen["online_grpo_mixed"] = {**chosen["online_grpo_mixed"], "group_size": args.group_size}
             if chosen:
-                new.setdefault(env, {})[tuning] = {a: chosen[a] for a in ALGOS if a in chosen}
+                new.setdefault(env, {})[tuning] = {a: chosen[a] for a in (*ALGOS, *ONLINE_GRID, "online_grpo_mixed")
+                                                   if a in chosen}
             md += table(env, tuning, rows, args)
         if args.dry_run:
             continue
         os.makedirs(args.out_dir, exist_ok=True)
-        tmp = os.path.join(args.out_dir, f".{env}.md.{os.getpid()}.tmp")
+        name = f"{env}_online.md" if args.online else f"{env}.md"
+        tmp = os.path.join(args.out_dir, f".{name}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
             f.write("\n".join(md))
-        os.replace(tmp, os.path.join(args.out_dir, f"{env}.md"))
+        os.replace(tmp, os.path.join(args.out_dir, name))
     presets = load_presets()  # read again: a search of another env may have written meanwhile
-    for env, by_tuning in new.items():
-        presets.setdefault(env, {}).update(by_tuning)
+    for env, by_tuning in new.items():  # per algorithm: an online search keeps the offline presets and back
+        for tuning, by_algo in by_tuning.items():
+            presets.setdefault(env, {}).setdefault(tuning, {}).update(by_algo)
     if not args.dry_run:
         tmp = f"{PRESETS_PATH}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
@@ -218,6 +253,13 @@ def main() -> int:
     ap.add_argument("--weights-from", default="", choices=["", *TUNINGS],
                     help="search only the learning rate (stage 1) of the other tunings and give every method the "
                          "weights this tuning's search chose in the env (a third of the budget: 3 points per tuning)")
+    ap.add_argument("--online", action="store_true",
+                    help="search the online comparison's settings instead (ONLINE_GRID, MIXED_MEMBERS; full tuning)")
+    ap.add_argument("--members", type=int, nargs="+", default=list(MIXED_MEMBERS),
+                    help="--online: mixed GRPO's offline members per group to try")
+    ap.add_argument("--online-iters", type=int, default=10, help="--online: iterations per task (online.sh ONLINE_ITERS)")
+    ap.add_argument("--online-eval", type=int, default=5, help="--online: iterations between evaluations")
+    ap.add_argument("--group-size", type=int, default=8, help="--online: rollouts per iteration (online.sh GROUP)")
     ap.add_argument("--steps", type=int, default=200, help="gradient steps per task")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--episodes", type=int, default=0,
@@ -234,7 +276,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.episodes < 0:
         raise SystemExit("error: --episodes must be 0 (the env's) or at least 1")
-    for k in ("steps", "eval_every", "workers", "num_trajs"):
+    for k in ("steps", "eval_every", "workers", "num_trajs", "online_iters", "online_eval", "group_size"):
         if getattr(args, k) < 1:
             raise SystemExit(f"error: --{k.replace('_', '-')} must be at least 1")
     try:

@@ -69,7 +69,9 @@ class Run:
                                               args.sparse_reward, getattr(args, "max_target", False), args.seed)
         self.dir = os.path.join(args.run_dir, self.name)
         self.path = os.path.join(self.dir, "result.json")
-        self.preset = ({}, "off") if args.no_presets else preset(args.env, args.tuning, algo)
+        # the script's presets, as its command line applied them (online_grpo.py's variants share online_grpo's)
+        self.preset = ({}, "off") if args.no_presets else preset(
+            args.env, args.tuning, algo.removesuffix("_from_offline").removesuffix("_mixed"))
         self.config = {**dataclasses.asdict(args), "algo": algo,
                        "preset": {"flags": self.preset[0], "from": self.preset[1]}}  # what the defaults were
         print(f"{self.name}: " + ("presets: off (--no-presets)" if args.no_presets else preset_line(*self.preset)))

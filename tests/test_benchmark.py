@@ -209,6 +209,7 @@ def test_tune_finetunes_only_validation_tasks(env):
     import tune
 
     args = argparse.Namespace(steps=200, eval_every=100, episodes=5, num_trajs=50, data_dir="data", run_dir="r",
+                              online_iters=10, online_eval=5, group_size=8,
                               pretrained="")
     chosen = {a: {"lr": 1e-4, "beta": 1.0, "alpha": 0.1} for a in tune.ALGOS}
     for tuning in ("prompt", "lora", "decorator", "full"):
@@ -219,7 +220,46 @@ def test_tune_finetunes_only_validation_tasks(env):
                 tasks = [int(t) for t in itertools.takewhile(lambda x: not x.startswith("--"), cmd[i + 1:])]
                 assert tasks and set(tasks) <= set(env_spec(env).val_tasks), cmd
                 assert not set(tasks) & set(env_spec(env).test_tasks + env_spec(env).train_tasks)
+    for stage in (1, 2):  # --online: the online comparison's settings
+        for algo, pt in tune.online_points(stage, env, "full", {"online_grpo": {"lr_factor": 0.1}}):
+            cmd = shlex.split(tune.command(algo, env, "full", pt, args))
+            i = cmd.index("--tasks")
+            tasks = [int(t) for t in itertools.takewhile(lambda x: not x.startswith("--"), cmd[i + 1:])]
+            assert tasks and set(tasks) <= set(env_spec(env).val_tasks), cmd
     assert "halfcheetahdir" not in tune.ENVS  # no validation task: it takes halfcheetahvel's presets
+
+
+def test_tune_online_searches_the_online_settings_and_online_sh_takes_them(smoke_root, tmp_path):
+    """--online at smoke size: both online scripts' learning-rate factors, then mixed GRPO's offline members
+    at GRPO's factor, on validation tasks; presets merge into the env's full tuning and online.sh reads them."""
+    assert script("table1", SCALE="smoke", ROOT_DIR=str(smoke_root), WORKERS="2").returncode == 0  # data, checkpoint
+    presets = tmp_path / "presets.json"
+    presets.write_text(json.dumps({"halfcheetahvel": {"full": {"sft": {"lr": 1e-4}}}}))
+    env = {**os.environ, "RFT_PRESETS": str(presets)}
+    cmd = [sys.executable, "benchmark/tune.py", "--envs", "halfcheetahvel", "--online", "--online-iters", "1",
+           "--online-eval", "1", "--group-size", "2", "--members", "1", "2", "--episodes", "1", "--num-trajs", "3", "--data-dir",
+           str(smoke_root / "data"), "--pretrained", str(smoke_root / "pretrained" / "halfcheetahvel.pt"),
+           "--run-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    runs = sorted(r.name for r in (tmp_path / "runs").iterdir() if not r.name.startswith("."))
+    assert len(runs) == 6 and sum("online_grpo_mixed" in r for r in runs) == 2
+    score = {}
+    for r in runs:
+        res = json.loads((tmp_path / "runs" / r / "result.json").read_text())
+        assert {t["task"] for t in res["tasks"]} <= set(env_spec("halfcheetahvel").val_tasks)
+        score[r] = np.mean([max(c["val_return"] for c in t["curve"][1:]) for t in res["tasks"]])
+    full = json.loads(presets.read_text())["halfcheetahvel"]["full"]
+    assert full["sft"] == {"lr": 1e-4}  # the offline presets are kept
+    for algo in ("online_grpo", "online_ppo"):
+        mine = {r: v for r, v in score.items() if r.startswith(f"tune_{algo}_halfcheetahvel")}
+        assert mine[f"tune_{algo}_halfcheetahvel_full_lr_factor{full[algo]['lr_factor']:g}"] == max(mine.values())
+    mixed = full["online_grpo_mixed"]
+    assert mixed["lr_factor"] == full["online_grpo"]["lr_factor"] and mixed["group_size"] == 2
+    assert (tmp_path / "halfcheetahvel_online.md").exists() and not (tmp_path / "halfcheetahvel.md").exists()
+    # online.sh scales the chosen members to its group (GROUP=4: twice the searched group of 2)
+    dry = script("online", SCALE="smoke", ROOT_DIR=str(smoke_root), DRY_RUN="1", GROUP="4", RFT_PRESETS=str(presets))
+    assert f"--offline-members {2 * mixed['offline_members']}" in dry.stdout
 
 
 def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
