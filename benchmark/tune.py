@@ -182,7 +182,9 @@ def choose(env: str, tuning: str, args, run: bool) -> tuple[dict, list]:
 
 def table(env: str, tuning: str, rows: list, args) -> list[str]:
     mw = env == "metaworld"
-    zs = rows[0][4]["zero_shot"] if rows else float("nan")
+    if not rows:
+        return [f"## {env}, {tuning} tuning\n", "Not run yet (the same command runs it).\n"]
+    zs = rows[0][4]["zero_shot"]
     out = [f"## {env}, {tuning} tuning\n",
            f"Zero-shot on the tuning tasks' reporting episodes: {zs:.1f}\n",
            "| stage | algorithm | point | validation (selected)" + (" success / return" if mw else "")
