@@ -258,7 +258,8 @@ def test_tune_online_searches_the_online_settings_and_online_sh_takes_them(smoke
     assert mixed["lr_factor"] == full["online_grpo"]["lr_factor"] and mixed["group_size"] == 2
     assert (tmp_path / "halfcheetahvel_online.md").exists() and not (tmp_path / "halfcheetahvel.md").exists()
     # online.sh scales the chosen members to its group (GROUP=4: twice the searched group of 2)
-    dry = script("online", SCALE="smoke", ROOT_DIR=str(smoke_root), DRY_RUN="1", GROUP="4", RFT_PRESETS=str(presets))
+    dry = script("online", SCALE="smoke", ROOT_DIR=str(smoke_root), DRY_RUN="1", GROUP="4", RFT_PRESETS=str(presets),
+                 RUN_DIR=str(tmp_path / "o_runs"), INIT_DIR=str(tmp_path / "o_init"))  # none made: all printed
     assert f"--offline-members {2 * mixed['offline_members']}" in dry.stdout
 
 
