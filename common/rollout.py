@@ -50,7 +50,7 @@ _VEC_ENVS: dict = {}  # the last (env, batch) of evaluate(): built once, reused 
 def vec_env(env_name: str, num_envs: int) -> VecEnv:
     """evaluate()'s envs, kept for the next evaluation of the same size: building MetaWorld's 92 envs takes
     ~13 s (a MuJoCo model per env), a sixth of an evaluation. Every episode starts with a seeded reset, so a
-    reused env runs the same episodes as a fresh one (tests/test_rollout.py checks it)."""
+    reused env runs the same episodes as a fresh one (tests/test_envs.py checks it)."""
     if (env_name, num_envs) not in _VEC_ENVS:
         _VEC_ENVS.clear()  # one set at a time: their memory is not kept for a size no longer used
         _VEC_ENVS[env_name, num_envs] = VecEnv(env_name, num_envs)

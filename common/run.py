@@ -86,14 +86,13 @@ class Run:
             raise ValueError(f"{self.ckpt} was pretrained on task(s) {seen}, so finetuning there measures nothing; "
                              f"pretrain without them: python pretrain_pdt.py --env {args.env} --out {self.ckpt} --overwrite")
         init_from = getattr(args, "init_from", "")
-        self.ckpt_sha256 = file_sha256(self.ckpt) if args.save_model != "none" or init_from else None  # manifests
+        self.ckpt_sha256 = file_sha256(self.ckpt)  # adapter manifests and the zero-shot cache key
         self.init = {t: self._init_adapter(init_from, t) for t in self.all_tasks} if init_from else {}
         # every task's data are loaded up front, so a bad flag fails before any training
         self.data = {t: self._task_data(t) for t in self.all_tasks}
         if args.capture_video:
             check_rendering(args.env)
         self.t0, self.step_time, self.trainable = time.perf_counter(), 0.0, None
-        self._ckpt_hash = None  # the checkpoint's SHA-256, for the zero-shot cache key
         self.results, self.times, self.saved = {}, {}, None  # task -> its summary, its times; a finished result
         # room for what the run writes (task and result files; the adapters, at most the whole model per task),
         # checked now so that a full or read-only disk fails before the training, not after it
@@ -259,8 +258,6 @@ class Run:
         the key hashes all of them, so the algorithms and seeds of a grid evaluate each task's zero-shot once
         and any change makes a new entry. The numbers are those a fresh evaluation gives, bit for bit."""
         a, h = self.args, hashlib.sha256()
-        if self._ckpt_hash is None:
-            self._ckpt_hash = file_sha256(self.ckpt)
         code = os.path.dirname(os.path.abspath(__file__))
         for f in sorted(os.listdir(code)):
             if f.endswith(".py"):
@@ -268,7 +265,7 @@ class Run:
                     h.update(fh.read())
         for k, v in sorted(policy.state_dict().items()):
             h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
-        h.update(json.dumps([self._ckpt_hash, a.env, task, a.eval_episodes, self.data[task]["target"], a.tuning,
+        h.update(json.dumps([self.ckpt_sha256, a.env, task, a.eval_episodes, self.data[task]["target"], a.tuning,
                              a.lora_alpha, a.decorator_bound, str(self.device), torch.__version__,
                              torch.get_num_threads()]).encode())
         return os.path.join(a.run_dir, ".zero_shot", h.hexdigest()[:32] + ".json")
