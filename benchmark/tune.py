@@ -12,7 +12,9 @@ every command). halfcheetahdir has no validation task: it takes halfcheetahvel's
 Per (env, tuning), three stages, each a list of finetuning runs made through benchmark/run.py (so a
 killed search continues where it stopped) of --steps steps on the env's first two validation tasks
 (TUNE_TASKS), seed 1, expert data, 50 trajectories:
-1. the learning rate, with SFT: LR_FACTORS x the tuning's default (common/tuning.py DEFAULT_LR);
+1. the learning rate, with SFT: LR_FACTORS x the tuning's default (common/tuning.py DEFAULT_LR); a winner at
+   the grid's edge that beats its neighbour by more than two standard errors gets one more point a factor of 3
+   beyond it (up to twice): the grid was too narrow there, and within noise it was not;
 2. at that learning rate, each method's own weight (GRID: two or three values, the script's default first);
 3. QP-DPO's alpha at the beta DPO chose (QP-DPO is DPO plus the Q term, eq. 14).
 Budget: 3 + 4 x 2 + 2 x 3 = 17 points x 2 tasks = 34 task-runs of --steps steps per env and tuning.
@@ -52,6 +54,9 @@ from common.tuning import TUNINGS  # noqa: E402
 
 ENVS = ("halfcheetahvel", "antdir", "metaworld")  # the envs with validation tasks
 LR_FACTORS = (1.0, 0.3, 3.0)  # stage 1: times the tuning's default learning rate
+# A stage-1 winner at the grid's edge that beats its neighbour by more than EDGE_SE standard errors of the
+# difference was still climbing: one more point a factor of 3 beyond it, at most MAX_EXTEND times.
+EDGE_SE, MAX_EXTEND = 2.0, 2
 # Stage 2: each method's own weight, the script's default first. QP-DPO (stage 3) searches alpha at DPO's beta.
 GRID = {
     "dpo": {"beta": [0.1, 1.0]},
@@ -102,6 +107,33 @@ def score(res: dict) -> tuple[float, float]:
     ret = sum(c["val_return"] for c in sel) / len(sel)
     succ = sum(c.get("val_success", 0.0) for c in sel) / len(sel)
     return (succ, ret) if "val_success" in sel[0] else (ret, ret)
+
+
+def score_se(res: dict) -> float:
+    """Standard error of score()'s first component: the selected checkpoints' validation episodes
+    (binomial for MetaWorld's success, the episodes' spread for returns), averaged over tasks."""
+    n = res["config"]["eval_episodes"]
+    sel = [max(t["curve"][1:], key=lambda c: (c.get("val_success", 0.0), c["val_return"])) for t in res["tasks"]]
+    var = [c["val_success"] * (1 - c["val_success"]) / n if "val_success" in c else c["val_return_sd"] ** 2 / n
+           for c in sel]
+    return (sum(var) ** 0.5) / len(var)
+
+
+def lr_extension(done: list[tuple[str, dict, dict]]) -> float | None:
+    """The next stage-1 learning rate, or None: when the best of the rates run so far is the highest (lowest)
+    and beats the next lower (higher) one by more than EDGE_SE standard errors of the difference, the rate a
+    factor of 3 beyond it; at most MAX_EXTEND extensions."""
+    if len(done) >= len(LR_FACTORS) + MAX_EXTEND or any(r["config"]["eval_episodes"] < 2 for _, _, r in done):
+        return None  # done extending, or one episode per evaluation: no spread to judge by
+    pts = sorted(done, key=lambda d: d[1]["lr"])
+    best = max(range(len(pts)), key=lambda i: score(pts[i][2])[0])
+    if 0 < best < len(pts) - 1:
+        return None
+    nb = pts[1] if best == 0 else pts[-2]
+    diff = score(pts[best][2])[0] - score(nb[2])[0]
+    if diff <= EDGE_SE * (score_se(pts[best][2]) ** 2 + score_se(nb[2]) ** 2) ** 0.5:
+        return None
+    return float(f"{pts[best][1]['lr'] * (3.0 if best else 1 / 3.0):g}")
 
 
 def stage_points(stage: int, env: str, tuning: str, chosen: dict, algos=ALGOS) -> list[tuple[str, dict]]:
@@ -158,12 +190,17 @@ def choose(env: str, tuning: str, args, run: bool) -> tuple[dict, list]:
     for stage in (1, 2) if args.online else (1,) if carry else (1, 2, 3):
         pairs = (online_points(stage, env, tuning, chosen, members=args.members) if args.online
                  else stage_points(stage, env, tuning, chosen, args.algos))
-        if run and pairs:
-            cmds = [command(a, env, tuning, pt, args) for a, pt in pairs]
-            runner = [sys.executable, os.path.join(ROOT, "benchmark", "run.py"), "-", "--workers", str(args.workers),
-                      "--log-dir", args.log_dir] + (["--dry-run"] if args.dry_run else [])
-            subprocess.run(runner, input="\n".join(cmds), text=True, cwd=ROOT)
-        done = results(env, tuning, pairs, args)
+        while True:
+            if run and pairs:
+                cmds = [command(a, env, tuning, pt, args) for a, pt in pairs]
+                runner = [sys.executable, os.path.join(ROOT, "benchmark", "run.py"), "-", "--workers",
+                          str(args.workers), "--log-dir", args.log_dir] + (["--dry-run"] if args.dry_run else [])
+                subprocess.run(runner, input="\n".join(cmds), text=True, cwd=ROOT)
+            done = results(env, tuning, pairs, args)
+            lr = lr_extension(done) if stage == 1 and not args.online and len(done) == len(pairs) else None
+            if lr is None:
+                break
+            pairs = pairs + [("sft", {"lr": lr})]  # the grid was too narrow: one more point beyond its edge
         for algo in dict.fromkeys(a for a, _ in pairs):
             scored = [(score(res), pt, res) for a, pt, res in done if a == algo]
             if scored:

@@ -200,6 +200,33 @@ def test_tune_runs_its_stages_on_validation_tasks_and_writes_presets(smoke_root,
     assert not (tmp_path / "halfcheetahvel.md").exists() and not presets.exists()
 
 
+def test_tune_extends_the_learning_rate_grid_only_past_an_edge_winner_beyond_noise():
+    """Stage 1 adds a point a factor of 3 beyond the grid's edge when the edge's rate beats its neighbour by
+    more than two standard errors of the difference; not for a middle winner, a win within noise, or a
+    third time."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+    import tune
+
+    def point(lr, val, sd=10.0, n=50):  # a result.json with one task whose selected checkpoint scores val
+        curve = [{"step": 0, "val_return": 0.0}, {"step": 1, "val_return": val, "val_return_sd": sd}]
+        return ("sft", {"lr": lr}, {"config": {"eval_episodes": n}, "tasks": [{"curve": curve}]})
+
+    # SE per point 10/sqrt(50) = 1.41, of the difference 2.0: a gap of 5 is 2.5 SE, of 3 is 1.5 SE
+    assert tune.lr_extension([point(1e-3, 100), point(3e-4, 90), point(3e-3, 105)]) == 9e-3
+    assert tune.lr_extension([point(1e-3, 100), point(3e-4, 103), point(3e-3, 90)]) is None  # within noise
+    assert tune.lr_extension([point(1e-3, 100), point(3e-4, 105), point(3e-3, 90)]) == 1e-4  # the low edge
+    assert tune.lr_extension([point(1e-3, 110), point(3e-4, 90), point(3e-3, 90)]) is None  # a middle winner
+    assert tune.lr_extension([point(1e-3, 100), point(3e-4, 90), point(3e-3, 105, n=1)]) is None  # no spread
+    grid = [point(1e-3, 100), point(3e-4, 90), point(3e-3, 105), point(9e-3, 110)]
+    assert tune.lr_extension(grid) == 0.027
+    assert tune.lr_extension(grid + [point(0.027, 120)]) is None  # at most MAX_EXTEND = 2 extensions
+    # MetaWorld: the score is validation success, its standard error binomial
+    mw = lambda lr, p: ("sft", {"lr": lr}, {"config": {"eval_episodes": 46}, "tasks": [{"curve": [
+        {"step": 0, "val_return": 0.0, "val_success": 0.0}, {"step": 1, "val_return": 1.0, "val_success": p}]}]})
+    assert tune.lr_extension([mw(3e-4, 0.05), mw(9e-5, 0.02), mw(9e-4, 0.4)]) == 0.0027
+    assert tune.lr_extension([mw(3e-4, 0.30), mw(9e-5, 0.02), mw(9e-4, 0.35)]) is None
+
+
 @pytest.mark.parametrize("env", ["halfcheetahvel", "antdir", "metaworld"])
 def test_tune_finetunes_only_validation_tasks(env):
     """Every command of every stage of the search, for every tuning, names only validation tasks."""
