@@ -290,6 +290,32 @@ def test_tune_online_searches_the_online_settings_and_online_sh_takes_them(smoke
     assert f"--offline-members {2 * mixed['offline_members']}" in dry.stdout
 
 
+def test_evaluation_precision_section_by_hand():
+    """The report's evaluation section: the 95% half-width of one evaluation from its logged spread, the
+    within-task correlation of validation and reporting scores over every run's checkpoints, and how often
+    selection picks the checkpoint the reporting episodes rank first."""
+    sys.path.insert(0, ROOT)
+    from benchmark.report_table1 import evaluation_section
+
+    def run(pairs):  # one AntDir task-run: (validation, reporting) return at each checkpoint after step 0
+        curve = [{"step": 0, "return": 0.0, "val_return": 0.0}] + [
+            {"step": 100 * (i + 1), "val_return": v, "return": r, "return_sd": 10.0} for i, (v, r) in enumerate(pairs)]
+        return {"env": "antdir", "result": {"config": {"eval_episodes": 50}, "tasks": [{"task": 6, "curve": curve}]}}
+
+    agree = [run([(1.0, 2.0), (3.0, 4.0)]), run([(5.0, 7.0), (2.0, 1.0)])]  # selection picks reporting's best twice
+    row = next(line for line in "\n".join(evaluation_section(agree, ["antdir"])).splitlines() if "| AntDir |" in line)
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    hw = 2.0096 * 10.0 / np.sqrt(50)  # t(0.975, 49) * sd / sqrt(n)
+    assert cells[1] == "50" and cells[2].startswith(f"{hw:.1f} (")
+    r = np.corrcoef([1, 3, 5, 2], [2, 4, 7, 1])[0, 1]
+    assert cells[4] == f"{r:.2f} (1 tasks)" and cells[5] == "100% of 2 (chance 50%)"
+    row = next(line for line in "\n".join(evaluation_section([run([(1.0, 4.0), (3.0, 2.0)])] * 2, ["antdir"])).splitlines()
+               if "| AntDir |" in line)
+    assert row.split("|")[5].strip() == "-1.00 (1 tasks)" and row.split("|")[6].strip() == "0% of 2 (chance 50%)"
+    assert "AntDir: validation cannot rank the checkpoints" in "\n".join(evaluation_section([run([(1.0, 4.0), (3.0, 2.0)])] * 2, ["antdir"]))
+    assert "cannot rank" not in "\n".join(evaluation_section(agree, ["antdir"]))
+
+
 def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     # best = algo base + 2 with full tuning; QP-SFT the highest everywhere; final below zero-shot
     base = {"sft": -5, "dpo": -6, "grpo": -7, "ppo": -8, "cql": -9, "qp_dpo": -4, "qp_sft": -3}
