@@ -1,5 +1,5 @@
 """Table 1 (per env and tuning: zero-shot, selected / final / best with 95% t intervals), its evaluation
-precision, aggregate statistics over seeds x tasks (IQM, probability of improvement), the paper's takeaways
+precision, which methods beat zero-shot, aggregate statistics over seeds x tasks (IQM, probability of improvement), the paper's takeaways
 judged per env and pooled, runtime ratios (Figure 8, the per-task scores, is in
 report_ablations.py)."""
 from __future__ import annotations
@@ -114,6 +114,7 @@ def table1(runs, args) -> list[str]:
                                                                for a in ALGOS])
         text += ["## MetaWorld success rate\n", md_table(["Checkpoint", "Tuning", "Zero-shot", *[LABEL[a] for a in ALGOS]],
                                                          rows), ""]
+    text += versus_zero_shot(runs, envs, means)
     text += aggregate_section(runs, envs, args.out_dir)
     # side by side with the paper
     rows = []
@@ -140,6 +141,38 @@ def table1(runs, args) -> list[str]:
     text += ["![Table 1](table1.png)", "", "Learning curves (step 0 is zero-shot): ![curves](table1_curves.png)", ""]
     return [write(args.out_dir, "table1.md", "\n".join(text)), os.path.join(args.out_dir, "table1.png"),
             os.path.join(args.out_dir, "table1_profiles.png"), os.path.join(args.out_dir, "table1_curves.png")]
+
+
+def versus_zero_shot(runs, envs, means) -> list[str]:
+    """Does finetuning help at all? Per env and tuning, at the selected checkpoint: which methods' means are at or
+    above zero-shot's, which are below (by how much: their curves are in table1_curves.png), and how many have the
+    95% stratified-bootstrap interval of their normalised IQM above zero-shot's IQM."""
+    rows = []
+    for env in envs:
+        for tuning in present(runs, "tuning", TUNINGS):
+            cell = select(runs, tuning=tuning, env=env)
+            run = [a for a in ALGOS if select(cell, algo=a)]
+            if not run:
+                continue
+            zs = means["selected", tuning, env, "zero_shot"]
+            below = [f"{LABEL[a]} ({means['selected', tuning, env, a] - zs:+.1f})" for a in run
+                     if means["selected", tuning, env, a] < zs]
+            zero = task_scores({r["seed"]: r for r in cell}.values(), "zero_shot")  # one per seed: same model
+            keys = sorted(zero)
+            z_iqm = aggregate([np.array(zero[k]) for k in keys], iqm)[0]
+            above = [a for a in run if aggregate([np.array(task_scores(select(cell, algo=a), "selected").get(k, []))
+                                                  for k in keys], iqm)[1] > z_iqm]
+            seeds = sorted({len(select(cell, algo=a)) for a in run})
+            rows.append([ELABEL[env], TLABEL[tuning], f"{len(run)} of {len(ALGOS)}", "/".join(map(str, seeds)),
+                         f"{len(run) - len(below)} of {len(run)}", ", ".join(below) or "none",
+                         f"{len(above)} of {len(run)}"])
+    return ["## Against zero-shot (selected checkpoint)\n",
+            "Per env and tuning: the methods run and their seeds, how many have a selected mean at or above "
+            "zero-shot's, those below it (mean difference in return; their learning curves are in "
+            "table1_curves.png), and how many have the 95% stratified-bootstrap interval of their normalised IQM "
+            "entirely above zero-shot's IQM.\n",
+            md_table(["Env", "Tuning", "Methods run", "Seeds", "At or above zero-shot", "Below zero-shot",
+                      "IQM interval above zero-shot"], rows), ""]
 
 
 def task_scores(runs, key: str) -> dict:

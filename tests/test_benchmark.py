@@ -353,10 +353,11 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     assert (tmp_path / "table1_profiles.png").stat().st_size > 0
     runtime = [line for line in md.splitlines() if line.startswith("| Prompt | 1.0 min |")]
     assert len(runtime) == 2 and all("| 1.50 |" in line for line in runtime)  # wall and train time
+    assert "| HalfCheetahVel | Full model | 7 of 7 | 2 | 7 of 7 | none | 7 of 7 |" in md
     # with only full-model tuning run, the within-tuning claims are checked there, the across-tuning ones are not
     full_only = tmp_path / "full_only"
     for algo, b in base.items():
-        fake_result(full_only / "runs", algo, "full", 1, best=b, final=b, zero_shot=-10.0)
+        fake_result(full_only / "runs", algo, "full", 1, best=b, final=b, zero_shot=-6.5)
     out = subprocess.run([sys.executable, "benchmark/report.py", "table1", "--run-dir", str(full_only / "runs"),
                           "--out-dir", str(full_only)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -366,6 +367,9 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     assert [verdict["QP-SFT beats SFT"][i].split(":")[0] for i in (1, 2, 3)] == ["held"] * 3
     assert verdict["full-model tuning is best for SFT and DPO"] == ["n/a (tunings not run)"] * 4
     assert "run for every algorithm (Full model)" in md
+    # against zero-shot (-6.5): GRPO (-7), PPO (-8) and CQL (-9) below; one seed, so the IQM "interval" is a point
+    assert ("| HalfCheetahVel | Full model | 7 of 7 | 1 | 4 of 7 | GRPO (-0.5), PPO (-1.5), CQL (-2.5) | 4 of 7 |"
+            in md)
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, ".git")), reason="needs the git checkout")
