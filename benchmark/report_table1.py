@@ -1,7 +1,7 @@
 """Table 1 (per env and tuning: zero-shot, selected / final / best with 95% t intervals), its evaluation
-precision, which methods beat zero-shot, aggregate statistics over seeds x tasks (IQM, probability of improvement), the paper's takeaways
-judged per env and pooled, runtime ratios (Figure 8, the per-task scores, is in
-report_ablations.py)."""
+precision, which methods beat zero-shot, aggregate statistics over seeds x tasks (IQM, probability of
+improvement), the paper's takeaways judged per env and pooled, runtime ratios (Figure 8, the per-task scores,
+is in report_ablations.py)."""
 from __future__ import annotations
 
 import os
