@@ -126,7 +126,7 @@ def lr_extension(done: list[tuple[str, dict, dict]]) -> float | None:
     if len(done) >= len(LR_FACTORS) + MAX_EXTEND or any(r["config"]["eval_episodes"] < 2 for _, _, r in done):
         return None  # done extending, or one episode per evaluation: no spread to judge by
     pts = sorted(done, key=lambda d: d[1]["lr"])
-    best = max(range(len(pts)), key=lambda i: score(pts[i][2])[0])
+    best = max(range(len(pts)), key=lambda i: score(pts[i][2]))  # as choose() picks (MetaWorld: success, then return)
     if 0 < best < len(pts) - 1:
         return None
     nb = pts[1] if best == 0 else pts[-2]
