@@ -198,7 +198,8 @@ def aggregate_section(runs, envs, out_dir) -> list[str]:
             "task); P(X > SFT) and P(X > zero-shot): the probability that a run of X beats one of the other on a "
             "random task, 95% interval likewise (benchmark/stats.py). n: runs x tasks. Pooled over envs only for the "
             "algorithms that ran on every task of every env. Performance profiles: table1_profiles.png.\n"]
-    panels = [(t, sc, w) for t in tunings for sc in scopes for w in ("selected", "final")]
+    panels = [(t, sc, w) for t in tunings for sc in scopes for w in ("selected", "final")
+              if any(r["env"] in sc for r in select(runs, tuning=t))]  # a tuning not run in this env yet: no panel
     fig, axes = plt_subplots(len(panels), ncols=2, w=6, h=3.6)
     ci = lambda m, lo, hi: "-" if np.isnan(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"  # noqa: E731
     for ax, (tuning, scope, which) in zip(axes, panels):
