@@ -49,7 +49,7 @@ sys.path.insert(0, ROOT)
 from common.envs import spec  # noqa: E402
 from common.flags import PRESETS_PATH, load_presets  # noqa: E402
 from common.tuning import DEFAULT_LR  # noqa: E402
-from common.rollout import EVAL_EPISODES  # noqa: E402
+from common.rollout import EVAL_EPISODES, selection_key  # noqa: E402
 from common.tuning import TUNINGS  # noqa: E402
 
 ENVS = ("halfcheetahvel", "antdir", "metaworld")  # the envs with validation tasks
@@ -100,10 +100,15 @@ def command(algo: str, env: str, tuning: str, point: dict, args) -> str:
             + f" {flags}")
 
 
+def selected(res: dict) -> list[dict]:
+    """Each task's selected evaluation point (common/rollout.py selection_key, as the run itself selects)."""
+    return [max(t["curve"][1:], key=selection_key) for t in res["tasks"]]
+
+
 def score(res: dict) -> tuple[float, float]:
     """Validation score at the selected checkpoint, averaged over tasks: (success, return) on
     MetaWorld, (return, return) elsewhere; never the reporting episodes."""
-    sel = [max(t["curve"][1:], key=lambda c: (c.get("val_success", 0.0), c["val_return"])) for t in res["tasks"]]
+    sel = selected(res)
     ret = sum(c["val_return"] for c in sel) / len(sel)
     succ = sum(c.get("val_success", 0.0) for c in sel) / len(sel)
     return (succ, ret) if "val_success" in sel[0] else (ret, ret)
@@ -113,7 +118,7 @@ def score_se(res: dict) -> float:
     """Standard error of score()'s first component: the selected checkpoints' validation episodes
     (binomial for MetaWorld's success, the episodes' spread for returns), averaged over tasks."""
     n = res["config"]["eval_episodes"]
-    sel = [max(t["curve"][1:], key=lambda c: (c.get("val_success", 0.0), c["val_return"])) for t in res["tasks"]]
+    sel = selected(res)
     var = [c["val_success"] * (1 - c["val_success"]) / n if "val_success" in c else c["val_return_sd"] ** 2 / n
            for c in sel]
     return (sum(var) ** 0.5) / len(var)
