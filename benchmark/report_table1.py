@@ -127,15 +127,14 @@ def table1(runs, args) -> list[str]:
              "Absolute returns differ: our datasets, behaviour policies, model and step budget are our own "
              "(see the README); the comparison that carries over is the ordering, checked below.\n",
              md_table(["Env", "Tuning", "Zero-shot", *[LABEL[a] for a in ALGOS]], rows), ""]
-    done = [t for t in TUNINGS if not any(np.isnan(means[w, t, e, a]) for w in ("selected", "final", "best")
-                                          for e in envs for a in ALGOS)]  # tunings with every (env, algorithm)
     text += ["## The paper's takeaways, checked\n",
-             f"Each claim is judged per env and pooled over the envs task by task, on normalised scores, in the tunings "
-             f"run for every algorithm ({', '.join(TLABEL[t] for t in done) or 'none'}): **held** when the 95% "
+             "Each claim is judged per env and pooled over the envs task by task, on normalised scores, in the tunings "
+             "of that scope with runs of every algorithm in every env (named above each table): **held** when the 95% "
              "stratified-bootstrap interval of every probability of improvement behind it lies above 0.5, **not held** "
-             "when one lies below 0.5, **inconclusive** otherwise; the figure shown is the weakest P(X > Y) "
-             "[interval]. Within-tuning claims must hold in every such tuning. The paper's column applies the same "
-             "claims to its own Table 1 means for that env (no intervals).\n", *takeaways(runs, envs, done), ""]
+             "when one lies below 0.5, **inconclusive** otherwise (also with one seed, which gives no interval); the "
+             "figure shown is the weakest P(X > Y) [interval]. Within-tuning claims must hold in every such tuning. "
+             "The paper's column applies the same claims to its own Table 1 means for that env (no intervals).\n",
+             *takeaways(runs, envs, means), ""]
     text += runtime_section(runs)
     plot_table1(runs, envs, args.out_dir)
     text += ["![Table 1](table1.png)", "", "Learning curves (step 0 is zero-shot): ![curves](table1_curves.png)", ""]
@@ -160,17 +159,21 @@ def versus_zero_shot(runs, envs, means) -> list[str]:
             zero = task_scores({r["seed"]: r for r in cell}.values(), "zero_shot")  # one per seed: same model
             keys = sorted(zero)
             z_iqm = aggregate([np.array(zero[k]) for k in keys], iqm)[0]
-            above = [a for a in run if aggregate([np.array(task_scores(select(cell, algo=a), "selected").get(k, []))
-                                                  for k in keys], iqm)[1] > z_iqm]
+            lower = {a: aggregate([np.array(task_scores(select(cell, algo=a), "selected").get(k, [])) for k in keys],
+                                  iqm)[1] for a in run}
+            judged = [a for a in run if not np.isnan(lower[a])]  # an interval needs two seeds
+            above = f"{sum(lower[a] > z_iqm for a in judged)} of {len(judged)}" if judged else "n/a (one seed)"
+            if judged and len(judged) < len(run):
+                above += f" ({len(run) - len(judged)} more with one seed)"
             seeds = sorted({len(select(cell, algo=a)) for a in run})
             rows.append([ELABEL[env], TLABEL[tuning], f"{len(run)} of {len(ALGOS)}", "/".join(map(str, seeds)),
                          f"{len(run) - len(below)} of {len(run)}", ", ".join(below) or "none",
-                         f"{len(above)} of {len(run)}"])
+                         above])
     return ["## Against zero-shot (selected checkpoint)\n",
             "Per env and tuning: the methods run and their seeds, how many have a selected mean at or above "
             "zero-shot's, those below it (mean difference in return; their learning curves are in "
             "table1_curves.png), and how many have the 95% stratified-bootstrap interval of their normalised IQM "
-            "entirely above zero-shot's IQM.\n",
+            "entirely above zero-shot's IQM (an interval needs at least two seeds).\n",
             md_table(["Env", "Tuning", "Methods run", "Seeds", "At or above zero-shot", "Below zero-shot",
                       "IQM interval above zero-shot"], rows), ""]
 
@@ -197,11 +200,14 @@ def aggregate_section(runs, envs, out_dir) -> list[str]:
             "(behaviour/<env>.pt). IQM and mean with 95% stratified-bootstrap intervals (seeds resampled within each "
             "task); P(X > SFT) and P(X > zero-shot): the probability that a run of X beats one of the other on a "
             "random task, 95% interval likewise (benchmark/stats.py). n: runs x tasks. Pooled over envs only for the "
-            "algorithms that ran on every task of every env. Performance profiles: table1_profiles.png.\n"]
-    panels = [(t, sc, w) for t in tunings for sc in scopes for w in ("selected", "final")
-              if any(r["env"] in sc for r in select(runs, tuning=t))]  # a tuning not run in this env yet: no panel
+            "algorithms that ran on every task of every env. An interval needs at least two seeds (with one there is "
+            "nothing to resample within a task): \"(one seed)\" marks a point estimate. "
+            "Performance profiles: table1_profiles.png.\n"]
+    panels = [(t, sc, w) for t in tunings for sc in scopes for w in ("selected", "final")  # a tuning not yet run in
+              if {r["env"] for r in select(runs, tuning=t)} >= set(sc)]  # every env of the scope: no panel
     fig, axes = plt_subplots(len(panels), ncols=2, w=6, h=3.6)
-    ci = lambda m, lo, hi: "-" if np.isnan(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"  # noqa: E731
+    ci = lambda m, lo, hi: ("-" if np.isnan(m) else f"{m:.3f} (one seed)" if np.isnan(lo)  # noqa: E731
+                            else f"{m:.3f} [{lo:.3f}, {hi:.3f}]")
     for ax, (tuning, scope, which) in zip(axes, panels):
         cell = [r for r in select(runs, tuning=tuning) if r["env"] in scope]
         zero = task_scores({(r["env"], r["seed"]): r for r in cell}.values(), "zero_shot")  # one per seed: same model
@@ -251,7 +257,7 @@ def all_of(tests: list[tuple]) -> str:
     vs = [verdict(*t) for t in tests]
     v = "not held" if "not held" in vs else "held" if all(x == "held" for x in vs) else "inconclusive"
     p, lo, hi = min(tests, key=lambda t: t[0])
-    return f"{v}: P {p:.2f} [{lo:.2f}, {hi:.2f}]"
+    return f"{v}: P {p:.2f} " + ("(one seed: no interval)" if np.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]")
 
 
 CLAIMS = [  # (the paper's takeaway, needs all four tunings)
@@ -337,15 +343,20 @@ def paper_verdicts(env: str, tunings: list[str]) -> list[str]:
             for ok, (_, needs) in zip(tests, CLAIMS)] if tunings else ["n/a"] * len(CLAIMS)
 
 
-def takeaways(runs, envs, tunings) -> list[str]:
+def takeaways(runs, envs, means) -> list[str]:
     """The paper's takeaways judged per env and pooled over envs on normalised scores (never on raw returns
-    summed across envs), each held / not held / inconclusive with the probability of improvement behind it."""
+    summed across envs), each held / not held / inconclusive with the probability of improvement behind it,
+    in the tunings whose every algorithm has run in every env of the scope (a partial grid still judges what
+    it has)."""
     text = []
     for scope in [[e] for e in envs] + ([list(envs)] if len(envs) > 1 else []):
-        cols = [judge(runs, scope, tunings, w) for w in ("selected", "final", "best")]
-        paper = paper_verdicts(scope[0], tunings) if len(scope) == 1 else ["-"] * len(CLAIMS)
+        done = [t for t in TUNINGS if not any(np.isnan(means[w, t, e, a]) for w in ("selected", "final", "best")
+                                              for e in scope for a in ALGOS)]
+        cols = [judge(runs, scope, done, w) for w in ("selected", "final", "best")]
+        paper = paper_verdicts(scope[0], done) if len(scope) == 1 else ["-"] * len(CLAIMS)
         rows = [[claim, paper[i], *(c[i] for c in cols)] for i, (claim, _) in enumerate(CLAIMS)]
-        text += [f"**{' + '.join(ELABEL[e] for e in scope)}**" + (" (pooled task by task)" if len(scope) > 1 else ""),
+        text += [f"**{' + '.join(ELABEL[e] for e in scope)}**" + (" (pooled task by task)" if len(scope) > 1 else "")
+                 + f": {', '.join(TLABEL[t] for t in done) or 'no tuning with every algorithm yet'}",
                  "", md_table(["Takeaway", "paper", "ours (selected)", "ours (final)", "ours (best)"], rows), ""]
     return text
 

@@ -11,6 +11,9 @@ Scores come as a list with one array per task (the normalised score of each seed
 - the probability of improvement P(X > Y) (`probability_of_improvement`): the chance that a run of X on a
   random task beats a run of Y on it (ties count one half), with an independent stratified bootstrap.
 - performance profiles (`performance_profile`): the fraction of runs scoring above tau, per tau.
+A stratified bootstrap resamples runs within a task, so a task with one run (one seed) has no spread to
+resample: the intervals of `aggregate` and `probability_of_improvement` need at least two runs on every task
+and are nan otherwise (a one-seed interval would be a single point and read as certainty).
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ def aggregate(scores: list, stat=iqm, reps: int = REPS, seed: int = 0, level: fl
     scores = [np.asarray(s, float) for s in scores if len(s)]
     if not scores:
         return np.nan, np.nan, np.nan
+    if min(map(len, scores)) < 2:  # one run on a task: nothing to resample there
+        return stat(np.concatenate(scores)), np.nan, np.nan
     rng = np.random.default_rng(seed)
     boot = [stat(np.concatenate(_resample(scores, rng))) for _ in range(reps)]
     q = 100 * (1 - level) / 2
@@ -73,6 +78,8 @@ def probability_of_improvement(x: list, y: list, reps: int = REPS, seed: int = 0
     if not pairs:
         return np.nan, np.nan, np.nan
     x, y = [a for a, _ in pairs], [b for _, b in pairs]
+    if min(map(len, x + y)) < 2:  # one run on a task: nothing to resample there
+        return _poi(x, y), np.nan, np.nan
     rng = np.random.default_rng(seed)
     boot = [_poi(_resample(x, rng), _resample(y, rng)) for _ in range(reps)]
     q = 100 * (1 - level) / 2

@@ -138,9 +138,9 @@ def test_statistics_by_hand():
     assert np.allclose(p, [1.0, 0.75, 0.0]) and np.all(lo <= p) and np.all(p <= hi)
 
 
-def fake_result(run_dir, algo, tuning, seed, best, final, zero_shot=0.0, wall=60.0, tasks=(2, 13)):
-    name = f"{algo}_halfcheetahvel_{tuning}_expert_n50_s{seed}"
-    cfg = {"env": "halfcheetahvel", "tuning": tuning, "quality": "expert", "num_trajs": 50, "sparse_reward": False,
+def fake_result(run_dir, algo, tuning, seed, best, final, zero_shot=0.0, wall=60.0, tasks=(2, 13), env="halfcheetahvel"):
+    name = f"{algo}_{env}_{tuning}_expert_n50_s{seed}"
+    cfg = {"env": env, "tuning": tuning, "quality": "expert", "num_trajs": 50, "sparse_reward": False,
            "seed": seed, "total_steps": 10, "eval_every": 5, "eval_episodes": 1, "pretrained": ""}
     if algo.startswith("qp"):
         cfg["alpha"] = 0.1
@@ -354,22 +354,48 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     runtime = [line for line in md.splitlines() if line.startswith("| Prompt | 1.0 min |")]
     assert len(runtime) == 2 and all("| 1.50 |" in line for line in runtime)  # wall and train time
     assert "| HalfCheetahVel | Full model | 7 of 7 | 2 | 7 of 7 | none | 7 of 7 |" in md
-    # with only full-model tuning run, the within-tuning claims are checked there, the across-tuning ones are not
+    # with only full-model tuning run, the within-tuning claims are checked there, the across-tuning ones are not;
+    # a second env (HalfCheetahDir) with prompt tuning only gets its own panel but no pooled one
     full_only = tmp_path / "full_only"
     for algo, b in base.items():
-        fake_result(full_only / "runs", algo, "full", 1, best=b, final=b, zero_shot=-6.5)
-    out = subprocess.run([sys.executable, "benchmark/report.py", "table1", "--run-dir", str(full_only / "runs"),
-                          "--out-dir", str(full_only)], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    md = (full_only / "table1.md").read_text()
-    verdict = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:6]]
-               for line in md.splitlines() if line.startswith("| ") and line.count("|") == 6}
-    assert [verdict["QP-SFT beats SFT"][i].split(":")[0] for i in (1, 2, 3)] == ["held"] * 3
-    assert verdict["full-model tuning is best for SFT and DPO"] == ["n/a (tunings not run)"] * 4
-    assert "run for every algorithm (Full model)" in md
-    # against zero-shot (-6.5): GRPO (-7), PPO (-8) and CQL (-9) below; one seed, so the IQM "interval" is a point
-    assert ("| HalfCheetahVel | Full model | 7 of 7 | 1 | 4 of 7 | GRPO (-0.5), PPO (-1.5), CQL (-2.5) | 4 of 7 |"
+        for seed in (1, 2):
+            fake_result(full_only / "runs", algo, "full", seed, best=b + 0.01 * seed, final=b, zero_shot=-6.5)
+        fake_result(full_only / "runs", algo, "prompt", 1, best=b, final=b, zero_shot=-6.5, tasks=(0, 1),
+                    env="halfcheetahdir")
+
+    def report_md(name):
+        out = subprocess.run([sys.executable, "benchmark/report.py", "table1", "--run-dir", str(tmp_path / name / "runs"),
+                              "--out-dir", str(tmp_path / name)], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        md = (tmp_path / name / "table1.md").read_text()
+        return md, {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:6]]
+                    for line in md.splitlines() if line.startswith("| ") and line.count("|") == 6}
+
+    md, verdict = report_md("full_only")
+    # takeaways per scope in the tunings complete there: HalfCheetahVel full, HalfCheetahDir prompt, pooled none
+    hcv = md.split("**HalfCheetahVel**: Full model")[1].split("**")[0]
+    assert "| QP-SFT beats SFT | held | held: P 1.00 [1.00, 1.00] |" in hcv
+    hcd = md.split("**HalfCheetahDir**: Prompt")[1].split("**")[0]
+    assert "| QP-SFT beats SFT | held | inconclusive: P 1.00 (one seed: no interval) |" in hcd
+    assert "(pooled task by task): no tuning with every algorithm yet" in md
+    assert "| full-model tuning is best for SFT and DPO |" + " n/a (tunings not run) |" * 4 in hcv
+    assert "**Full model, HalfCheetahVel, selected checkpoint**" in md
+    assert "**Prompt, HalfCheetahDir, selected checkpoint**" in md
+    assert "HalfCheetahVel + HalfCheetahDir, selected checkpoint**" not in md  # no tuning ran in both envs
+    assert "**Full model, HalfCheetahDir" not in md and "**Prompt, HalfCheetahVel" not in md
+    # against zero-shot (-6.5): GRPO (-7), PPO (-8) and CQL (-9) below, and their IQM intervals too
+    assert ("| HalfCheetahVel | Full model | 7 of 7 | 2 | 4 of 7 | GRPO (-0.5), PPO (-1.5), CQL (-2.5) | 4 of 7 |"
             in md)
+    # one seed gives no interval: no claim held or not held, no IQM interval counted above zero-shot
+    assert ("| HalfCheetahDir | Prompt | 7 of 7 | 1 | 4 of 7 | GRPO (-0.5), PPO (-1.5), CQL (-2.5) | n/a (one seed) |"
+            in md)
+    one = tmp_path / "one_seed"
+    for algo, b in base.items():
+        fake_result(one / "runs", algo, "full", 1, best=b, final=b, zero_shot=-6.5)
+    md, verdict = report_md("one_seed")
+    assert verdict["QP-SFT beats SFT"][1:] == ["inconclusive: P 1.00 (one seed: no interval)"] * 3
+    assert "| 1.000 (one seed) | 1.000 (one seed) |" in next(
+        line for line in md.splitlines() if line.startswith("| QP-SFT | 2 |"))  # P(X > SFT), P(X > zero-shot)
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, ".git")), reason="needs the git checkout")
