@@ -222,12 +222,12 @@ def choose(env: str, tuning: str, args, run: bool) -> tuple[dict, list]:
     return chosen, rows
 
 
-def table(env: str, tuning: str, rows: list, args) -> list[str]:
+def table(env: str, tuning: str, rows: list, args, made: str) -> list[str]:
     mw = env == "metaworld"
     if not rows:
         return [f"## {env}, {tuning} tuning\n", "Not run yet (the same command runs it).\n"]
     zs = rows[0][4]["zero_shot"]
-    out = [f"## {env}, {tuning} tuning\n",
+    out = [f"## {env}, {tuning} tuning\n", made,
            f"Zero-shot on the tuning tasks' reporting episodes: {zs:.1f}\n",
            "| stage | algorithm | point | validation (selected)" + (" success / return" if mw else "")
            + " | reporting: selected | reporting: final | |", "|---|---|---|---|---|---|---|"]
@@ -242,6 +242,23 @@ def table(env: str, tuning: str, rows: list, args) -> list[str]:
     return out + [""]
 
 
+def earlier_sections(path: str, env: str) -> dict[str, list[str]]:
+    """{tuning: its lines} of the tables an earlier search wrote to path, so that a search of some tunings
+    rewrites their sections and keeps the others' (nothing written is silently lost)."""
+    sections, current = {}, None
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f.read().split("\n"):
+                if line.startswith(f"## {env}, ") and line.endswith(" tuning"):
+                    current = line[len(f"## {env}, "):-len(" tuning")]
+                    sections[current] = []
+                elif line.startswith("#"):
+                    current = None
+                if current is not None:
+                    sections[current].append(line)
+    return sections
+
+
 def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
     load_presets()  # a damaged file fails now, before any run
     new = {}  # {env: {tuning: {algo: point}}} chosen here
@@ -253,11 +270,14 @@ def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
     for env in envs:
         md = [f"# Hyperparameter search on {env}{', online comparison' if args.online else ''} (validation tasks "
               f"{', '.join(map(str, TUNE_TASKS[env]))})\n",
-              f"Made by `python benchmark/tune.py --envs {env} {how}" + (f" --episodes {args.episodes}" if args.episodes else "")
-              + f"`: expert data, {args.num_trajs} trajectories, seed 1, {args.episodes or EVAL_EPISODES[env]} validation "
-              f"and as many reporting episodes per evaluation. Chosen by the validation score at the selected checkpoint"
+              "Expert data, seed 1. Chosen by the validation score at the selected checkpoint"
               + (" (success, then return)" if env == "metaworld" else "")
-              + "; the reporting columns (the same validation tasks' reporting episodes) are for information only.\n"]
+              + "; the reporting columns (the same validation tasks' reporting episodes) are for information only. "
+              "Each tuning's section names the command that made it; a search of other tunings keeps it.\n"]
+        made = (f"Made by `python benchmark/tune.py --envs {env} {how}" + (f" --episodes {args.episodes}" if args.episodes else "")
+                + f"`: {args.num_trajs} trajectories, {args.episodes or EVAL_EPISODES[env]} validation and as many "
+                "reporting episodes per evaluation.\n")
+        sections = {}
         for tuning in tunings:
             chosen, rows = choose(env, tuning, args, run)
             if "online_grpo_mixed" in chosen:  # the group its members were searched in: online.sh scales them to its own
@@ -265,11 +285,13 @@ def pick(envs: list[str], tunings: list[str], args, run: bool = False) -> dict:
             if chosen:
                 new.setdefault(env, {})[tuning] = {a: chosen[a] for a in (*ALGOS, *ONLINE_GRID, "online_grpo_mixed")
                                                    if a in chosen}
-            md += table(env, tuning, rows, args)
+            sections[tuning] = table(env, tuning, rows, args, made)
+        name = f"{env}_online.md" if args.online else f"{env}.md"
+        kept = earlier_sections(os.path.join(args.out_dir, name), env)  # the tunings this command did not search
+        md += [line for t in TUNINGS for line in sections.get(t, kept.get(t, []))]
         if args.dry_run:
             continue
         os.makedirs(args.out_dir, exist_ok=True)
-        name = f"{env}_online.md" if args.online else f"{env}.md"
         tmp = os.path.join(args.out_dir, f".{name}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
             f.write("\n".join(md))

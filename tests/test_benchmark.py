@@ -191,6 +191,12 @@ def test_tune_runs_its_stages_on_validation_tasks_and_writes_presets(smoke_root,
     both = json.loads(presets.read_text())["halfcheetahvel"]
     assert both["lora"]["qp_sft"] == {"lr": both["lora"]["sft"]["lr"], "alpha": chosen["qp_sft"]["alpha"]}
     assert both["full"] == chosen and "weights from full tuning" in (tmp_path / "halfcheetahvel.md").read_text()
+    # the table of the full-tuning search stays, with the command that made it, beside the new LoRA one
+    md = (tmp_path / "halfcheetahvel.md").read_text()
+    section = lambda t: md.split(f"## halfcheetahvel, {t} tuning")[1].split("## ")[0]  # noqa: E731
+    full_md, lora_md = section("full"), section("lora")
+    assert full_md.count("| qp_sft |") == 3 and "--tunings full --steps 2" in full_md
+    assert lora_md.count("| qp_sft |") == 1 and "--tunings lora --steps 2 --weights-from full" in lora_md
     # --pick-only --dry-run prints the table and writes nothing
     (tmp_path / "halfcheetahvel.md").unlink()
     presets.unlink()
