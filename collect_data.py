@@ -10,7 +10,9 @@
    atomically; files already complete are skipped, so an interrupted run resumes where it stopped.
 3. Summary: per quality, mean return (and success), random return, normalised score, and TQ/SACo on
    the test tasks' first 50 trajectories (the paper's Table 2), printed and saved to
-   <data-dir>/<env>/summary.json.
+   <data-dir>/<env>/summary.json (benchmark/scale.sh reads it as "this env's data are made"). It describes
+   the test tasks, so a call that collects none of them (validation tasks only) writes none, and a call
+   with fewer test tasks than the saved summary keeps it rather than shrinking it.
 """
 from __future__ import annotations
 
@@ -204,7 +206,7 @@ def summarise(args: Args, beh: dict) -> dict:
     s = spec(args.env)
     n_ft = min(50, args.num_trajs)  # the paper's finetuning set: first 50 trajectories of a test task
     tasks = list(args.tasks)
-    test = [t for t in s.test_tasks if t in tasks] or tasks  # report on the test tasks (all of them by default)
+    test = [t for t in s.test_tasks if t in tasks]  # the test tasks collected (main() checks there is one)
     data = {q: {t: load_trajectories(args.env, t, q, args.data_dir) for t in tasks} for q in QUALITIES}
     summary = {"env": args.env, "num_trajs": args.num_trajs, "medium_band": MEDIUM_BAND, "qualities": {}}
     # expert return per task = mean over its full expert dataset; random = behaviour calibration
@@ -240,11 +242,16 @@ def summarise(args: Args, beh: dict) -> dict:
     path = os.path.join(args.data_dir, args.env, "summary.json")
     try:
         with open(path) as f:
-            unchanged = json.load(f) == json.loads(json.dumps(summary))
+            old = json.load(f)
     except (OSError, ValueError):
-        unchanged = False
-    if unchanged:  # a complete dataset in a read-only folder needs no write
+        old = None
+    # the test tasks a saved summary covers (one made of other tasks, by an older version, covers none)
+    kept = set(old.get("qualities", {}).get("expert", {}).get("test_tasks", [])) if isinstance(old, dict) else set()
+    kept &= set(s.test_tasks)
+    if old == json.loads(json.dumps(summary)):  # a complete dataset in a read-only folder needs no write
         print(f"{path} is up to date")
+    elif not kept <= set(test):
+        print(f"kept {path}: it covers test tasks {sorted(kept)}, this call only {test}; collect them all to remake it")
     else:
         atomic_write_json(path, summary)
         print(f"saved {path}")
@@ -288,10 +295,12 @@ def main(args: Args) -> None:
     else:
         policy, beh = load_or_train_behaviour(args)
         collect(args, policy, beh)
-    if args.summary and set(args.qualities) == set(QUALITIES):
-        summarise(args, beh)
-    elif args.summary:
+    if args.summary and set(args.qualities) != set(QUALITIES):
         print("no summary: it compares both qualities (collect both to get it)")
+    elif args.summary and not set(args.tasks) & set(spec(args.env).test_tasks):
+        print(f"no summary: it describes the test tasks {list(spec(args.env).test_tasks)}, none of which was collected")
+    elif args.summary:
+        summarise(args, beh)
     print(f"total wall time {(time.time() - start) / 60:.1f} min")
 
 

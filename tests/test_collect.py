@@ -143,7 +143,9 @@ def test_a_changed_eps_or_policy_remakes_the_files_it_made(tmp_path):
 
 def test_a_validation_task_collects_one_quality_on_a_behaviour_file_made_before_validation_tasks(tmp_path):
     """A behaviour file with one entry per task of the old 50 is read NaN-padded, the validation task is
-    calibrated into it, and --qualities expert writes only expert data (no summary: it compares both)."""
+    calibrated into it, and --qualities expert writes only expert data (no summary: it compares both); with
+    both qualities it writes no summary either (that describes the test tasks), and a call with fewer test
+    tasks than the saved summary keeps it."""
     env = "halfcheetahvel"
     collect(tmp_path, env)
     path = str(tmp_path / "behaviour" / f"{env}.pt")
@@ -160,3 +162,15 @@ def test_a_validation_task_collects_one_quality_on_a_behaviour_file_made_before_
     assert not os.path.exists(dataset_path(str(tmp_path / "data"), env, "medium", val))
     assert "no summary" in out.stdout
     assert np.isfinite(load_behaviour(path)["expert_return"][val])
+    # both qualities of a validation task: still no summary, and the test tasks' summary is kept as it was
+    summary = tmp_path / "data" / env / "summary.json"
+    before = summary.read_bytes()
+    out = subprocess.run(cmd[:-2], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "no summary: it describes the test tasks" in out.stdout
+    assert summary.read_bytes() == before
+    # fewer test tasks than the summary covers (their files are complete): kept, not shrunk
+    one_test_task = [*cmd[:-3], str(spec(env).test_tasks[0])]
+    out = subprocess.run(one_test_task, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "kept" in out.stdout and summary.read_bytes() == before
