@@ -196,7 +196,10 @@ def seeds_note(runs) -> str:
 def protocol_note(runs) -> str:
     if not runs:
         return "No runs found."
-    c = runs[0]["result"]["config"]
-    return (f"{len(runs)} runs; {c['total_steps']} steps per task, evaluation every {c['eval_every']} steps "
-            f"with {c['eval_episodes']} episodes per task; {seeds_note(runs)}. Cells: mean ± half-width of the "
+    def said(key):  # one value, or one per env where the envs differ (episodes per evaluation do)
+        by_env = {ELABEL[r["result"]["config"]["env"]]: r["result"]["config"][key] for r in runs}
+        vals = set(by_env.values())
+        return str(vals.pop()) if len(vals) == 1 else " / ".join(f"{v} ({e})" for e, v in sorted(by_env.items()))
+    return (f"{len(runs)} runs; {said('total_steps')} steps per task, evaluation every {said('eval_every')} steps "
+            f"with {said('eval_episodes')} episodes per task; {seeds_note(runs)}. Cells: mean ± half-width of the "
             f"95% Student-t interval over seeds (mean alone for one seed; see benchmark/stats.py for why not a bootstrap).")
