@@ -106,7 +106,7 @@ def table1(runs, args) -> list[str]:
                  md_table(["Tuning", "Env", "Zero-shot", *[LABEL[a] for a in ALGOS]], rows), ""]
         if which == "selected" and len(envs) > 1:
             text += ["The **Average** rows average raw returns over envs, as the paper's Table 1 does, so the env with "
-                     "the largest returns (MetaWorld) dominates them; no takeaway below is judged on them (see the "
+                     f"the largest returns{' (MetaWorld)' if 'metaworld' in envs else ''} dominates them; no takeaway below is judged on them (see the "
                      "per-env and pooled normalised statistics).", ""]
     if "metaworld" in envs:  # the paper measures MetaWorld by its success rate
         rows = []
