@@ -118,7 +118,9 @@ def table1(runs, args) -> list[str]:
                                                                for a in ALGOS])
         text += ["## MetaWorld success rate\n", md_table(["Checkpoint", "Tuning", "Zero-shot", *[LABEL[a] for a in ALGOS]],
                                                          rows), ""]
-    text += versus_zero_shot(runs, envs, means)
+    against, iqm_above = versus_zero_shot(runs, envs, means)
+    text[3:3] = summary_section(runs, envs, means, iqm_above)  # after the title and the protocol note
+    text += against
     text += aggregate_section(runs, envs, args.out_dir)
     # side by side with the paper
     rows = []
@@ -146,11 +148,37 @@ def table1(runs, args) -> list[str]:
             os.path.join(args.out_dir, "table1_profiles.png"), os.path.join(args.out_dir, "table1_curves.png")]
 
 
-def versus_zero_shot(runs, envs, means) -> list[str]:
+def summary_section(runs, envs, means, iqm_above) -> list[str]:
+    """The compact table the README carries: per env and tuning, each method's selected mean return, marked by
+    how it stands against zero-shot (the details are in the sections below)."""
+    rows = []
+    for env in envs:
+        for tuning in present(runs, "tuning", TUNINGS):
+            cell = select(runs, tuning=tuning, env=env)
+            if not cell:
+                continue
+            zs = means["selected", tuning, env, "zero_shot"]
+            seeds = sorted({len(select(cell, algo=a)) for a in ALGOS})
+            row = [ELABEL[env], TLABEL[tuning], "/".join(map(str, seeds)), num(zs)]
+            for a in ALGOS:
+                m = means["selected", tuning, env, a]
+                row.append("-" if np.isnan(m) else f"**{num(m)}**" if iqm_above.get((env, tuning, a))
+                           else f"{num(m)} ↓" if m < zs else num(m))
+            rows.append(row)
+    return ["## Summary (selected checkpoint)\n",
+            "Mean return over seeds and the env's test tasks of the checkpoint chosen on validation episodes. "
+            "**Bold**: the 95% stratified-bootstrap interval of the method's normalised IQM lies above zero-shot's "
+            "IQM (needs two seeds or more); ↓: mean below zero-shot's. Seeds: seeds per method (0: not run). "
+            "Intervals, final and best checkpoints, success rates and the takeaways: below.\n",
+            md_table(["Env", "Tuning", "Seeds", "Zero-shot", *[LABEL[a] for a in ALGOS]], rows), ""]
+
+
+def versus_zero_shot(runs, envs, means) -> tuple[list[str], dict]:
     """Does finetuning help at all? Per env and tuning, at the selected checkpoint: which methods' means are at or
     above zero-shot's, which are below (by how much: their curves are in table1_curves.png), and how many have the
-    95% stratified-bootstrap interval of their normalised IQM above zero-shot's IQM."""
-    rows = []
+    95% stratified-bootstrap interval of their normalised IQM above zero-shot's IQM. Also returns that last test
+    per (env, tuning, algo): True / False, None with one seed."""
+    rows, iqm_above = [], {}
     for env in envs:
         for tuning in present(runs, "tuning", TUNINGS):
             cell = select(runs, tuning=tuning, env=env)
@@ -166,6 +194,7 @@ def versus_zero_shot(runs, envs, means) -> list[str]:
             lower = {a: aggregate([np.array(task_scores(select(cell, algo=a), "selected").get(k, [])) for k in keys],
                                   iqm)[1] for a in run}
             judged = [a for a in run if not np.isnan(lower[a])]  # an interval needs two seeds
+            iqm_above.update({(env, tuning, a): (bool(lower[a] > z_iqm) if a in judged else None) for a in run})
             above = f"{sum(lower[a] > z_iqm for a in judged)} of {len(judged)}" if judged else "n/a (one seed)"
             if judged and len(judged) < len(run):
                 above += f" ({len(run) - len(judged)} more with one seed)"
@@ -179,7 +208,7 @@ def versus_zero_shot(runs, envs, means) -> list[str]:
             "table1_curves.png), and how many have the 95% stratified-bootstrap interval of their normalised IQM "
             "entirely above zero-shot's IQM (an interval needs at least two seeds).\n",
             md_table(["Env", "Tuning", "Methods run", "Seeds", "At or above zero-shot", "Below zero-shot",
-                      "IQM interval above zero-shot"], rows), ""]
+                      "IQM interval above zero-shot"], rows), ""], iqm_above
 
 
 def task_scores(runs, key: str) -> dict:

@@ -398,6 +398,13 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     # one seed gives no interval: no claim held or not held, no IQM interval counted above zero-shot
     assert ("| HalfCheetahDir | Prompt | 7 of 7 | 1 | 4 of 7 | GRPO (-0.5), PPO (-1.5), CQL (-2.5) | n/a (one seed) |"
             in md)
+    # the README's summary: bold where the IQM interval is above zero-shot's (two seeds needed), a down arrow below it
+    summary = md.split("## Summary (selected checkpoint)")[1].split("\n## ")[0].splitlines()
+    for prefix, bold in (("| HalfCheetahVel | Full model | 2 | -6.5 |", [1, 1, 0, 0, 0, 1, 1]),
+                         ("| HalfCheetahDir | Prompt | 1 | -6.5 |", [0] * 7)):
+        cells = [c.strip() for c in next(line for line in summary if line.startswith(prefix)).split("|")[5:12]]
+        assert [int(c.startswith("**")) for c in cells] == bold
+        assert [int(c.endswith("↓")) for c in cells] == [0, 0, 1, 1, 1, 0, 0]
     one = tmp_path / "one_seed"
     for algo, b in base.items():
         fake_result(one / "runs", algo, "full", 1, best=b, final=b, zero_shot=-6.5)
