@@ -1,7 +1,9 @@
-"""What the tests share: the project root on the path, one torch thread, fake datasets with the envs' real
-dimensions, and the tiny pretrained model with its data (the `setup` fixture) that the finetuning tests run on."""
+"""What the tests share: the project root on the path, one torch thread, running a benchmark script, fake
+datasets with the envs' real dimensions, and the tiny pretrained model with its data (the `setup` fixture) that
+the finetuning tests run on."""
 import importlib
 import os
+import subprocess
 import sys
 
 import pytest
@@ -17,6 +19,13 @@ from common.envs import spec  # noqa: E402
 
 ENV = "halfcheetahvel"  # the fastest env: every finetuning test runs on it
 TASK = spec(ENV).test_tasks[0]
+
+
+def benchmark_script(name, **env):
+    """benchmark/NAME.sh with settings (SCALE, ROOT_DIR, DRY_RUN, ...) from the environment; one torch thread."""
+    full = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(["bash", os.path.join("benchmark", f"{name}.sh")], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=600)
 
 
 def make_fake_data(data_dir, env: str, tasks, n_trajs: int = 3, length: int = 40, quality: str = "expert", seed: int = 0):
