@@ -134,7 +134,8 @@ def table1(runs, args) -> list[str]:
              "(see the README); the comparison that carries over is the ordering, checked below.\n",
              md_table(["Env", "Tuning", "Zero-shot", *[LABEL[a] for a in ALGOS]], rows), ""]
     text += ["## The paper's takeaways, checked\n",
-             "Each claim is judged per env and pooled over the envs task by task, on normalised scores, in the tunings "
+             "Each claim is judged per env and pooled over the envs task by task (while the grid runs, over the envs with "
+             "the most tunings complete), on normalised scores, in the tunings "
              "of that scope with runs of every algorithm in every env (named above each table): **held** when the 95% "
              "stratified-bootstrap interval of every probability of improvement behind it lies above 0.5, **not held** "
              "when one lies below 0.5, **inconclusive** otherwise (also with one seed, which gives no interval); the "
@@ -380,11 +381,18 @@ def takeaways(runs, envs, means) -> list[str]:
     """The paper's takeaways judged per env and pooled over envs on normalised scores (never on raw returns
     summed across envs), each held / not held / inconclusive with the probability of improvement behind it,
     in the tunings whose every algorithm has run in every env of the scope (a partial grid still judges what
-    it has)."""
-    text = []
-    for scope in [[e] for e in envs] + ([list(envs)] if len(envs) > 1 else []):
-        done = [t for t in TUNINGS if not any(np.isnan(means[w, t, e, a]) for w in ("selected", "final", "best")
+    it has). The pool leaves out the envs whose grid is behind the others'."""
+    def complete(scope):  # the tunings whose every algorithm has run in every env of the scope
+        return [t for t in TUNINGS if not any(np.isnan(means[w, t, e, a]) for w in ("selected", "final", "best")
                                               for e in scope for a in ALGOS)]
+
+    # the pool: the envs furthest on (the most complete tunings), so that envs whose grid is still running do not
+    # narrow the pooled tunings to theirs
+    furthest = max(len(complete([e])) for e in envs)
+    pool = [e for e in envs if len(complete([e])) == furthest]
+    text = []
+    for scope in [[e] for e in envs] + ([pool] if len(pool) > 1 else []):
+        done = complete(scope)
         cols = [judge(runs, scope, done, w) for w in ("selected", "final", "best")]
         paper = paper_verdicts(scope[0], done) if len(scope) == 1 else ["-"] * len(CLAIMS)
         rows = [[claim, paper[i], *(c[i] for c in cols)] for i, (claim, _) in enumerate(CLAIMS)]

@@ -132,13 +132,15 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     assert len(runtime) == 2 and all("| 1.50 |" in line for line in runtime)  # wall and train time
     assert "| HalfCheetahVel | Full model | 7 of 7 | 2 | 7 of 7 | none | 7 of 7 |" in md
     # with only full-model tuning run, the within-tuning claims are checked there, the across-tuning ones are not;
-    # a second env (HalfCheetahDir) with prompt tuning only gets its own panel but no pooled one
+    # a second env (HalfCheetahDir) with prompt tuning only gets its own panel but no pooled one; a third (AntDir)
+    # whose grid is behind theirs (SFT alone) gets its panel and stays out of the pool
     full_only = tmp_path / "full_only"
     for algo, b in base.items():
         for seed in (1, 2):
             fake_result(full_only / "runs", algo, "full", seed, best=b + 0.01 * seed, final=b, zero_shot=-6.5)
         fake_result(full_only / "runs", algo, "prompt", 1, best=b, final=b, zero_shot=-6.5, tasks=(0, 1),
                     env="halfcheetahdir")
+    fake_result(full_only / "runs", "sft", "full", 1, best=5.0, final=5.0, zero_shot=4.0, tasks=(6, 14), env="antdir")
 
     def report_md(name):
         out = subprocess.run([sys.executable, "benchmark/report.py", "table1", "--run-dir", str(tmp_path / name / "runs"),
@@ -155,7 +157,8 @@ def test_table1_report_takeaways_and_runtime_on_hand_made_results(tmp_path):
     assert "| QP-SFT beats SFT | held | held: P 1.00 [1.00, 1.00] |" in hcv
     hcd = md.split("**HalfCheetahDir**: Prompt")[1].split("**")[0]
     assert "| QP-SFT beats SFT | held | inconclusive: P 1.00 (one seed: no interval) |" in hcd
-    assert "(pooled task by task): no tuning with every algorithm yet" in md
+    assert "**HalfCheetahDir + HalfCheetahVel** (pooled task by task): no tuning with every algorithm yet" in md
+    assert "**AntDir**: no tuning with every algorithm yet" in md and "AntDir + " not in md
     assert "| full-model tuning is best for SFT and DPO |" + " n/a (tunings not run) |" * 4 in hcv
     assert "**Full model, HalfCheetahVel, selected checkpoint**" in md
     assert "**Prompt, HalfCheetahDir, selected checkpoint**" in md
