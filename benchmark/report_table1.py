@@ -388,8 +388,8 @@ def takeaways(runs, envs, means) -> list[str]:
 
     # the pool: the envs furthest on (the most complete tunings), so that envs whose grid is still running do not
     # narrow the pooled tunings to theirs
-    furthest = max(len(complete([e])) for e in envs)
-    pool = [e for e in envs if len(complete([e])) == furthest]
+    n_done = {e: len(complete([e])) for e in envs}
+    pool = [e for e in envs if n_done[e] == max(n_done.values())]
     text = []
     for scope in [[e] for e in envs] + ([pool] if len(pool) > 1 else []):
         done = complete(scope)

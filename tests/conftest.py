@@ -21,11 +21,12 @@ ENV = "halfcheetahvel"  # the fastest env: every finetuning test runs on it
 TASK = spec(ENV).test_tasks[0]
 
 
-def benchmark_script(name, **env):
-    """benchmark/NAME.sh with settings (SCALE, ROOT_DIR, DRY_RUN, ...) from the environment; one torch thread."""
+def benchmark_script(name, *bash_args, **env):
+    """benchmark/NAME.sh (or, with name None, `bash BASH_ARGS`) in the project root with settings (SCALE,
+    ROOT_DIR, DRY_RUN, ...) from the environment; one torch thread."""
     full = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(["bash", os.path.join("benchmark", f"{name}.sh")], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=600)
+    args = bash_args if name is None else [os.path.join("benchmark", f"{name}.sh")]
+    return subprocess.run(["bash", *args], cwd=ROOT, env=full, capture_output=True, text=True, timeout=600)
 
 
 def make_fake_data(data_dir, env: str, tasks, n_trajs: int = 3, length: int = 40, quality: str = "expert", seed: int = 0):

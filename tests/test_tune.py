@@ -18,10 +18,8 @@ from conftest import ROOT, benchmark_script as script
 def smoke_root(tmp_path_factory):
     """HalfCheetahVel's smoke-scale data (validation tasks included) and checkpoint, made as the benchmark scripts make them."""
     root = tmp_path_factory.mktemp("smoke")
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "SCALE": "smoke", "ROOT_DIR": str(root),
-           "WORKERS": "1"}
-    out = subprocess.run(["bash", "-c", "source benchmark/scale.sh && ensure_pretrained halfcheetahvel"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=600)
+    out = script(None, "-c", "source benchmark/scale.sh && ensure_pretrained halfcheetahvel", SCALE="smoke",
+                 ROOT_DIR=str(root), WORKERS="1")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return root
 
